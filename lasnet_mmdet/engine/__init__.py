@@ -1,0 +1,3 @@
+from .hooks import LASReportHook, LatencyLossHook
+
+__all__ = ['LASReportHook', 'LatencyLossHook']

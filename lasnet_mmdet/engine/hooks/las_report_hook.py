@@ -1,0 +1,98 @@
+"""Test/val-time LAS report: mean activation rate per stage (or block) and backbone GMACs."""
+from collections import defaultdict
+
+import torch
+from mmengine import dist
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmdet.registry import HOOKS
+
+from .utils import las_backbone
+
+
+@HOOKS.register_module()
+class LASReportHook(Hook):
+    """Averages the backbone's ``las_stats`` over the evaluated images and reports them.
+
+    The means are also added to the metrics (``las/act_rate``, ``las/gmacs_dynamic``,
+    ``las/gmacs_dense``) so they are logged and saved with the COCO metrics.
+
+    Args:
+        per_block (bool): Also print the rate of every block.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self, per_block=False):
+        self.per_block = per_block
+
+    def _reset(self, runner):
+        self._backbone = las_backbone(runner.model, type(self).__name__)
+        self._rate_sums = defaultdict(float)
+        self._macs_dynamic = 0.0
+        self._macs_dense = 0.0
+        self._images = 0
+
+    def before_val_epoch(self, runner):
+        self._reset(runner)
+
+    def before_test_epoch(self, runner):
+        self._reset(runner)
+
+    def _accumulate(self, data_batch):
+        images = len(data_batch['inputs'])
+        stats = self._backbone.las_stats
+        for name, block in stats['blocks'].items():
+            self._rate_sums[name] += float(block['rate']) * images
+        self._macs_dynamic += float(stats['macs_dynamic']) * images
+        self._macs_dense += stats['macs_dense'] * images
+        self._images += images
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._accumulate(data_batch)
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._accumulate(data_batch)
+
+    def _sum_over_ranks(self):
+        names = list(self._rate_sums)
+        totals = torch.tensor([self._images, self._macs_dynamic, self._macs_dense]
+                              + [self._rate_sums[name] for name in names], dtype=torch.float64)
+        dist.all_reduce(totals, op='sum')  # no-op when not distributed
+        self._images, self._macs_dynamic, self._macs_dense = int(totals[0]), *totals[1:3].tolist()
+        self._rate_sums = dict(zip(names, totals[3:].tolist()))
+
+    def report(self):
+        """``(lines, metrics)`` of the means since the epoch began (over all ranks)."""
+        self._sum_over_ranks()
+        n = max(self._images, 1)
+        block_rates = {name: total / n for name, total in self._rate_sums.items()}
+        stages = defaultdict(list)
+        for name, rate in block_rates.items():
+            stages[name.split('.')[0]].append(rate)
+        lines = ['LAS report over %d images' % self._images,
+                 f'{"stage":<10}{"blocks":>7}{"act. rate":>11}']
+        for stage, rates in stages.items():
+            lines.append(f'{stage:<10}{len(rates):>7}{sum(rates) / len(rates):>11.3f}')
+        if self.per_block:
+            lines.append(f'{"block":<17}{"act. rate":>11}')
+            lines += [f'{name:<17}{rate:>11.3f}' for name, rate in block_rates.items()]
+        mean_rate = sum(block_rates.values()) / max(len(block_rates), 1)
+        dyn, dense = self._macs_dynamic / n / 1e9, self._macs_dense / n / 1e9
+        lines.append(f'backbone GMACs per image: dynamic {dyn:.3f} / dense {dense:.3f} '
+                     f'(ratio {dyn / max(dense, 1e-12):.3f}); mean act. rate {mean_rate:.3f}')
+        metrics = {'las/act_rate': mean_rate, 'las/gmacs_dynamic': dyn,
+                   'las/gmacs_dense': dense}
+        return lines, metrics
+
+    def _finish(self, metrics):
+        lines, las_metrics = self.report()
+        print_log('\n'.join(lines), logger='current')
+        if metrics is not None:
+            metrics.update(las_metrics)
+
+    def after_val_epoch(self, runner, metrics=None):
+        self._finish(metrics)
+
+    def after_test_epoch(self, runner, metrics=None):
+        self._finish(metrics)

@@ -1,0 +1,3 @@
+from .las_resnet import LASBottleneck, LASResNet
+
+__all__ = ['LASBottleneck', 'LASResNet']

@@ -1,0 +1,3 @@
+from .masker import Masker
+
+__all__ = ['Masker']
