@@ -204,6 +204,10 @@ class LASResNet(ResNet):
         for _, block in self.las_blocks():
             block.sparse_inference = mode
 
+    def train(self, mode=True):
+        super().train(mode)  # mmdet's ResNet.train returns None; nn.Module's returns self
+        return self
+
     def stem_macs(self, in_h, in_w):
         """Per-image MACs of the stem conv and max-pool (always dense)."""
         if self.deep_stem:

@@ -1,0 +1,78 @@
+# Demo: Mask R-CNN with a LAS-ResNet-50 (S = 4-4-2-1) trained from scratch on the small
+# generated sample set (tools/make_sample_data.py), evaluated with COCO bbox + segm AP.
+# A few minutes on 2 CPU cores: `make demo`.
+_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['lasnet_mmdet'], allow_failed_imports=False)
+
+data_root = 'data/sample_coco/'
+metainfo = dict(classes=('rectangle', 'ellipse', 'triangle'))
+image_size = (160, 160)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='LASResNet',
+        depth=50,
+        granularity=(4, 4, 2, 1),
+        frozen_stages=-1,  # from scratch: nothing to freeze, BN statistics must be learnt
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=False,
+        style='pytorch',
+        init_cfg=None),
+    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json',
+                     metric=['bbox', 'segm'])
+test_evaluator = val_evaluator
+
+max_epochs = 12
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8, 11],
+         gamma=0.1),
+]
+optim_wrapper = dict(optimizer=dict(lr=0.02), clip_grad=dict(max_norm=10, norm_type=2))
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=6),
+    checkpoint=dict(type='CheckpointHook', interval=4))
+
+custom_hooks = [
+    dict(type='LatencyLossHook', target=0.5, weight=1.0, tau=0.1),
+    dict(type='LASReportHook'),
+]

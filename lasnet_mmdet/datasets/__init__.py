@@ -1,0 +1,3 @@
+from .sample_coco import CLASSES, make_sample_coco
+
+__all__ = ['CLASSES', 'make_sample_coco']

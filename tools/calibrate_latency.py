@@ -1,0 +1,66 @@
+"""Calibrate the latency predictor on this machine and write a hardware profile JSON.
+
+    python tools/calibrate_latency.py --device cpu --out lasnet_mmdet/latency/profiles/cpu.json
+    python tools/calibrate_latency.py --device cuda --dtype fp16 --preset h100 \
+        --out lasnet_mmdet/latency/profiles/h100.json
+
+Times a handful of micro-benchmarks of our own ops (dense convs, dense bottlenecks, the sparse
+LAS block of lasnet_mmdet.ops, a copy and a tiny op), fits the efficiency parameters of the
+profile and prints predicted vs measured for each benchmark.
+"""
+import argparse
+import sys
+
+import torch
+
+from lasnet_mmdet.latency.calibrate import calibrate, log_errors
+from lasnet_mmdet.latency.hardware import ProfileError, load_profile
+from lasnet_mmdet.latency.predictor import SCHEDULES, kernels_time
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'),
+                        help='default: fp16 on CUDA, fp32 on CPU')
+    parser.add_argument('--preset', help='spec figures to start from (GPU; default: by name)')
+    parser.add_argument('--name', help='profile name (default: the preset\'s / cpu-<threads>t)')
+    parser.add_argument('--shape', nargs=2, type=int, default=(800, 1216), metavar=('H', 'W'))
+    parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'triton'))
+    parser.add_argument('--schedule', choices=sorted(SCHEDULES),
+                        help='schedule the sparse backend runs (default: fused on CUDA with '
+                        'Triton, torch otherwise)')
+    parser.add_argument('--dense-only', action='store_true',
+                        help='skip the sparse LAS block benchmarks')
+    parser.add_argument('--out', required=True, help='profile JSON to write')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    base = None
+    if args.preset:
+        try:
+            base = load_profile(args.preset)
+        except ProfileError as e:
+            sys.exit(f'error: {e}')
+    schedule = args.schedule
+    if schedule is None:
+        cuda_triton = (torch.device(args.device).type == 'cuda' and args.backend != 'torch')
+        schedule = 'fused' if cuda_triton else 'torch'
+    profile, benches, rms = calibrate(args.device, args.dtype, base, tuple(args.shape),
+                                      args.backend, False if args.dense_only else None,
+                                      args.name, schedule=schedule)
+    print(f'{"benchmark":<44}{"measured ms":>12}{"predicted":>11}{"error":>8}')
+    for bench, err in zip(benches, log_errors(profile, benches)):
+        pred = kernels_time(bench.kernels, profile)
+        print(f'{bench.name:<44}{bench.measured_s * 1e3:>12.3f}{pred * 1e3:>11.3f}'
+              f'{100 * (pred / bench.measured_s - 1):>7.1f}%')
+    print(f'fitted efficiencies: {profile.efficiency} (rms log error {rms:.3f})')
+    profile.save(args.out)
+    print(f'profile written to {args.out}')
+    return profile
+
+
+if __name__ == '__main__':
+    main()
