@@ -1,0 +1,54 @@
+"""A LAS bottleneck on the active patches with the Triton kernels, no host synchronisation.
+
+    compact_rows        coarse mask -> needed conv1 rows, active output rows (+ counts)
+    rows_gemm (conv1)   gather needed input rows, GEMM, BN bias, ReLU -> conv1 map rows
+    conv3x3_rows        gather the 9 taps of active rows from the conv1 map -> compact rows
+    residual            identity, or the downsample conv with its BN folded (cuDNN)
+    rows_gemm (conv3)   compact rows GEMM + bias + residual, ReLU -> scattered output rows
+Inactive output rows are ReLU(residual): one elementwise ReLU writes the whole output first.
+"""
+import torch
+import torch.nn.functional as F
+
+from ..fold_bn import folded_downsample, folded_weights
+from ..patches import conv_out
+from .compact import compact_rows
+from .gemm import conv3x3_rows, rows_gemm
+
+
+def _residual(block, x):
+    if block.downsample is None:
+        return x
+    folded = folded_downsample(block, x.dtype)
+    if folded is None:  # e.g. avg_down: run the module as built
+        return block.downsample(x).contiguous(memory_format=torch.channels_last)
+    weight, bias, stride = folded
+    return F.conv2d(x, weight, bias, stride).contiguous(memory_format=torch.channels_last)
+
+
+def triton_forward(block, x, coarse):
+    batch, _, in_h, in_w = x.shape
+    stride = block.conv2_stride
+    out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
+    f = folded_weights(block, x.dtype)
+    mid_c, out_c = f['w1'].shape[1], f['w3'].shape[1]
+    x = x.contiguous(memory_format=torch.channels_last)
+    in_rows, out_rows = batch * in_h * in_w, batch * out_h * out_w
+
+    counts = torch.zeros(2, dtype=torch.int32, device=x.device)
+    needed = torch.empty(in_rows, dtype=torch.int32, device=x.device)
+    active = torch.empty(out_rows, dtype=torch.int32, device=x.device)
+    compact_rows(coarse.contiguous(), counts, needed, active, (in_h, in_w), (out_h, out_w),
+                 block.granularity, stride)
+
+    mid = x.new_empty(in_rows, mid_c)  # rows outside the needed list are never read
+    rows_gemm(x, f['w1'], f['b1'], mid, needed, counts[0:], in_rows, gather_a=True,
+              scatter_out=True)
+    y2 = x.new_empty(out_rows, mid_c)
+    conv3x3_rows(mid, f['w2'], f['b2'], y2, active, counts[1:], out_rows, (in_h, in_w),
+                 (out_h, out_w), stride)
+    res = _residual(block, x)
+    out = torch.relu(res)
+    rows_gemm(y2, f['w3'], f['b3'], out, active, counts[1:], out_rows, gather_a=False,
+              scatter_out=True, res=res)
+    return out
