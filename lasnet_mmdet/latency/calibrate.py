@@ -1,0 +1,227 @@
+"""Calibration: measure a handful of our own ops on this device, fit the efficiencies.
+
+The spec figures of a profile say what the device could do; the efficiencies say what our
+kernels get out of it. Calibration times a few micro-benchmarks, each of which the predictor
+lowers to the same kernels it uses for blocks:
+
+* a tiny op (launch / dispatch overhead) and a large copy (streaming bandwidth);
+* dense convolutions of ResNet shapes (1x1 and 3x3, narrow and wide) and dense bottlenecks
+  (conv, BN, ReLU in eager mode: what the static baseline runs);
+* the sparse LAS block from ``lasnet_mmdet.ops`` at a few (stage, S, r) (gather, scatter,
+  index costs), when the ops are available.
+
+and fits the efficiencies by minimising the squared log-ratio of predicted to measured times
+(a derivative-free pattern search: a few parameters, a few dozen points, no SciPy needed).
+Adding a benchmark is one entry in ``micro_benchmarks``: a callable and its kernels.
+"""
+import math
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .hardware import EFFICIENCY_BOUNDS, HardwareProfile, get_preset, load_profile
+from .measure import (TORCH_DTYPES, make_block, measure_las_block, measure_static_block,
+                      stage_block_shape, time_fn)
+from .predictor import Kernel, _conv, get_schedule, kernels_time, las_kernels, static_kernels
+
+FIT_KEYS = ('compute', 'memory', 'gather', 'small_dim', 'launch_us')
+# Offsets so that parameters whose best value may be 0 live on a log scale too.
+_LOG_OFFSET = dict(small_dim=1.0, launch_us=0.1)
+
+
+@dataclass
+class Benchmark:
+    name: str
+    kernels: list
+    measured_s: float
+
+
+# --- device description -----------------------------------------------------------------------
+
+def cpu_base_profile(name=None):
+    """Spec figures of this CPU: threads torch uses, peak FLOP/s from clock and SIMD width;
+    the memory bandwidth is measured (no data sheet to read it from)."""
+    flags, mhz = '', []
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags') and not flags:
+                    flags = line
+                elif line.startswith('cpu MHz'):
+                    mhz.append(float(line.split(':')[1]))
+    except OSError:
+        pass
+    ghz = max(mhz) / 1e3 if mhz else 2.5
+    # fp32 FLOP per cycle per core: 2 FMA units x SIMD lanes x 2.
+    per_cycle = 64 if ' avx512f' in flags else 32 if ' fma' in flags else 16
+    x = torch.empty(64 * 2**20 // 4)
+    copy_s = time_fn(lambda: torch.empty_like(x).copy_(x), 'cpu', 1, 5)
+    gbps = 2 * x.numel() * 4 / copy_s / 1e9
+    return HardwareProfile(
+        name=name or f'cpu-{torch.get_num_threads()}t', kind='cpu', dtype='fp32',
+        cores=torch.get_num_threads(), core_gflops=round(ghz * per_cycle, 1),
+        dram_gbps=round(gbps / 0.8, 1),
+        notes=f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, '
+              f'{ghz:.2f} GHz x {per_cycle} FLOP/cycle; bandwidth from a copy')
+
+
+def gpu_base_profile(device='cuda'):
+    """The preset matching the GPU's name (the spec figures to start from)."""
+    name = torch.cuda.get_device_name(device).lower()
+    for key in ('h100', 'a100', 'v100', '3090'):
+        if key in name:
+            return get_preset(key)
+    raise ValueError(f'no preset for GPU {name!r}: pass --preset with the closest one')
+
+
+# --- micro-benchmarks -------------------------------------------------------------------------
+
+def conv_benchmarks(shape_hw, device, dtype):
+    """Dense convs of ResNet-101 shapes at network input ``shape_hw``."""
+    b = torch.tensor([], dtype=TORCH_DTYPES[dtype]).element_size()
+    out = []
+    for stage, (cin, cout, k) in ((0, (256, 64, 1)), (0, (64, 64, 3)), (1, (128, 128, 3)),
+                                  (2, (1024, 256, 1)), (2, (256, 256, 3)),
+                                  (3, (512, 2048, 1)), (3, (2048, 512, 1))):
+        shape = stage_block_shape(stage, *shape_hw)
+        h, w = shape.in_h, shape.in_w
+        x = torch.randn(1, cin, h, w, device=device, dtype=TORCH_DTYPES[dtype])
+        weight = torch.randn(cout, cin, k, k, device=device, dtype=TORCH_DTYPES[dtype]) * 0.01
+        seconds = time_fn(lambda: F.conv2d(x, weight, padding=k // 2), device, 2, 5, 0.05)
+        kernel = _conv(f'conv{k}x{k} {cin}->{cout} @{h}x{w}', h * w, cout, cin * k * k,
+                       h * w * cin, h * w * cout, b)
+        out.append(Benchmark(kernel.name, [kernel], seconds))
+    return out
+
+
+def memory_benchmarks(device, dtype, numel=None):
+    """A tiny op (fixed cost per launch) and a large copy (bandwidth)."""
+    tdtype = TORCH_DTYPES[dtype]
+    b = torch.tensor([], dtype=tdtype).element_size()
+    numel = numel or (64 * 2**20 // b if torch.device(device).type == 'cuda' else 8 * 2**20)
+    tiny = torch.zeros(1, device=device, dtype=tdtype)
+    big = torch.randn(numel, device=device, dtype=tdtype)
+    dst = torch.empty_like(big)
+    return [Benchmark('tiny op', [Kernel('tiny', bytes=2 * b)],
+                      time_fn(lambda: tiny.add_(1), device, 10, 50, 0.05)),
+            Benchmark(f'copy {numel * b / 2**20:.0f} MiB', [Kernel('copy', bytes=2 * numel * b)],
+                      time_fn(lambda: dst.copy_(big), device, 3, 10, 0.05))]
+
+
+def block_benchmarks(shape_hw, device, dtype, schedule, backend='auto',
+                     points=((1, 0.25), (4, 0.5), (8, 0.75)), stages=(0, 1, 2, 3),
+                     sparse=True):
+    """Dense bottlenecks (eager mmdet) and sparse LAS blocks at a few (S, r) per stage."""
+    out = []
+    for stage in stages:
+        shape = stage_block_shape(stage, *shape_hw)
+        block = make_block(shape, 1, device, dtype)
+        out.append(Benchmark(f'static block layer{stage + 1}', static_kernels(shape, dtype),
+                             measure_static_block(shape, device, dtype, block, 1, 3, 0.05)))
+        if not sparse:
+            continue
+        for S, rate in points:
+            block = make_block(shape, S, device, dtype)
+            seconds = measure_las_block(shape, S, rate, device, dtype, backend, block, 1, 3,
+                                        0.05)
+            out.append(Benchmark(f'LAS block layer{stage + 1} S={S} r={rate}',
+                                 las_kernels(shape, S, rate, schedule, dtype), seconds))
+    return out
+
+
+def sparse_ops_available():
+    """Whether ``lasnet_mmdet.ops`` can run a LAS block yet (a tiny CPU trial)."""
+    try:
+        measure_las_block(stage_block_shape(3, 64, 64), 1, 0.5, 'cpu', 'fp32', 'torch',
+                          warmup=0, repeats=1)
+        return True
+    except NotImplementedError:
+        return False
+
+
+def micro_benchmarks(device='cpu', dtype='fp32', shape_hw=(800, 1216), schedule=None,
+                     backend='auto', sparse=None, log=print):
+    """Run every micro-benchmark; ``sparse=None`` includes the LAS block if the ops exist."""
+    if sparse is None:
+        sparse = sparse_ops_available()
+    t0 = time.perf_counter()
+    benches = memory_benchmarks(device, dtype)
+    benches += conv_benchmarks(shape_hw, device, dtype)
+    benches += block_benchmarks(shape_hw, device, dtype, schedule, backend, sparse=sparse)
+    log(f'{len(benches)} micro-benchmarks in {time.perf_counter() - t0:.1f} s'
+        + ('' if sparse else ' (sparse ops unavailable: dense only)'))
+    return benches
+
+
+# --- the fit ----------------------------------------------------------------------------------
+
+def log_errors(profile, benches, dtype=None):
+    return [math.log(kernels_time(b.kernels, profile, dtype) / b.measured_s) for b in benches]
+
+
+def fit_efficiency(profile, benches, keys=None, dtype=None, iters=400):
+    """Efficiencies minimising the mean squared log error over ``benches`` (pattern search)."""
+    keys = tuple(keys or FIT_KEYS)
+    lows = {k: max(EFFICIENCY_BOUNDS[k][0], 1e-4) for k in keys}
+    highs = {k: EFFICIENCY_BOUNDS[k][1] for k in keys}
+
+    def to_z(k, v):
+        return math.log(v + _LOG_OFFSET.get(k, 0.0))
+
+    def from_z(k, z):
+        v = math.exp(z) - _LOG_OFFSET.get(k, 0.0)
+        return min(max(v, lows[k] if k not in _LOG_OFFSET else 0.0), highs[k])
+
+    def loss(z):
+        p = profile.with_efficiency(**{k: from_z(k, v) for k, v in z.items()})
+        errs = log_errors(p, benches, dtype)
+        return sum(e * e for e in errs) / len(errs)
+
+    z = {k: to_z(k, profile.efficiency[k]) for k in keys}
+    best, step = loss(z), 1.0
+    for _ in range(iters):
+        improved = False
+        for k in keys:
+            for direction in (1, -1):
+                trial = dict(z)
+                trial[k] = to_z(k, from_z(k, z[k] + direction * step))
+                value = loss(trial)
+                if value < best - 1e-12:
+                    z, best, improved = trial, value, True
+                    break
+        if not improved:
+            step /= 2
+            if step < 1e-3:
+                break
+    fitted = {k: round(from_z(k, v), 6) for k, v in z.items()}
+    return profile.with_efficiency(**fitted), math.sqrt(best)
+
+
+def calibrate(device='cpu', dtype=None, base=None, shape_hw=(800, 1216), backend='auto',
+              sparse=None, name=None, schedule=None, log=print):
+    """Measure this device and return ``(profile, benchmarks, rms_log_error)``."""
+    device = torch.device(device)
+    if base is not None:
+        base = load_profile(base)
+    elif device.type == 'cuda':
+        base = gpu_base_profile(device)
+    else:
+        base = cpu_base_profile(name)
+    dtype = dtype or ('fp16' if device.type == 'cuda' else 'fp32')
+    from dataclasses import replace
+    if schedule is None:
+        schedule = 'fused' if device.type == 'cuda' and backend != 'torch' else 'torch'
+    base = replace(base, dtype=dtype, name=name or base.name, schedule=schedule)
+    schedule = get_schedule(schedule).replace(with_masker=False)  # masks are pinned
+    benches = micro_benchmarks(str(device), dtype, shape_hw, schedule, backend, sparse, log)
+    profile, rms = fit_efficiency(base, benches)
+    when = time.strftime('%Y-%m-%d')
+    device_name = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
+                   f'{platform.machine()} CPU, {torch.get_num_threads()} threads')
+    profile = replace(profile, notes=f'{base.notes}; calibrated {when} on {device_name} '
+                      f'({dtype}, {len(benches)} benchmarks at {shape_hw[0]}x{shape_hw[1]}, '
+                      f'rms log error {rms:.3f}, torch {torch.__version__})')
+    return profile, benches, rms

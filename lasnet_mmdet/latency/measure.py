@@ -1,0 +1,132 @@
+"""Measured latencies the predictor is calibrated and checked against.
+
+Times one op, one LAS block on its sparse path with a pinned mask, or a whole backbone, the
+way ``tools/benchmark_latency.py`` does: warm-up, synchronised, median of repeats. The sparse
+block goes through the public entry point of the ops, ``las_bottleneck_forward``.
+"""
+import statistics
+import time
+
+import torch
+
+from .predictor import resnet_block_shapes
+
+TORCH_DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def _sync(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+# 'median' as tools/benchmark_latency.py; 'min' is robust to other processes on a shared CPU.
+STATISTIC = {'median': statistics.median, 'min': min}
+DEFAULT_STAT = 'median'
+
+
+@torch.no_grad()
+def time_fn(fn, device='cpu', warmup=2, repeats=5, min_seconds=0.0, stat=None):
+    """Median (or ``stat``) seconds of ``fn()`` after ``warmup`` calls (at least ``repeats``
+    timed calls, more until ``min_seconds`` of timing has passed, for very short ops)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start < min_seconds
+                                   and len(times) < 1000):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return STATISTIC[stat or DEFAULT_STAT](times)
+
+
+def make_block(shape, granularity, device='cpu', dtype='fp32'):
+    """A LAS bottleneck of ``shape`` with random (but realistic) BN statistics, in eval."""
+    import torch.nn as nn
+    from mmcv.cnn import build_conv_layer, build_norm_layer
+
+    from ..models.backbones.las_resnet import LASBottleneck
+    downsample = None
+    if shape.downsample:
+        downsample = nn.Sequential(
+            build_conv_layer(None, shape.in_channels, shape.out_channels, 1, stride=shape.stride,
+                             bias=False),
+            build_norm_layer(dict(type='BN'), shape.out_channels)[1])
+    block = LASBottleneck(shape.in_channels, shape.planes, granularity=granularity,
+                          stride=shape.stride, downsample=downsample)
+    generator = torch.Generator().manual_seed(0)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1, generator=generator)
+            m.running_var.uniform_(0.5, 1.5, generator=generator)
+    return block.eval().to(device=device, dtype=TORCH_DTYPES[dtype])
+
+
+def coarse_mask(shape, granularity, rate, device='cpu', dtype='fp32', seed=0):
+    """Exactly ``round(rate * cells)`` active cells per image, seeded."""
+    from ..models.layers.masker import coarse_grid_size, random_coarse_mask
+    out_h, out_w = shape.out_hw
+    h, w = coarse_grid_size(out_h, out_w, granularity)
+    generator = torch.Generator().manual_seed(seed)
+    mask = random_coarse_mask(shape.batch, h, w, rate, generator, device)
+    return mask.to(TORCH_DTYPES[dtype])
+
+
+def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', backend='auto',
+                      block=None, warmup=2, repeats=5, min_seconds=0.0):
+    """Median seconds of the sparse path of one LAS block at a pinned mask (masker excluded)."""
+    from ..ops import las_bottleneck_forward
+    block = block if block is not None else make_block(shape, granularity, device, dtype)
+    block.sparse_inference = backend
+    x = torch.randn(shape.batch, shape.in_channels, shape.in_h, shape.in_w, device=device,
+                    dtype=TORCH_DTYPES[dtype])
+    if torch.device(device).type == 'cpu':
+        x = x.contiguous(memory_format=torch.channels_last)
+    mask = coarse_mask(shape, granularity, rate, device, dtype)
+    return time_fn(lambda: las_bottleneck_forward(block, x, mask, backend=backend), device,
+                   warmup, repeats, min_seconds)
+
+
+def measure_static_block(shape, device='cpu', dtype='fp32', block=None, warmup=2, repeats=5,
+                         min_seconds=0.0):
+    """Median seconds of the dense (mmdet ``Bottleneck``) forward of a block, eager."""
+    from mmdet.models.backbones.resnet import Bottleneck
+    block = block if block is not None else make_block(shape, 1, device, dtype)
+    x = torch.randn(shape.batch, shape.in_channels, shape.in_h, shape.in_w, device=device,
+                    dtype=TORCH_DTYPES[dtype])
+    return time_fn(lambda: Bottleneck.forward(block, x), device, warmup, repeats, min_seconds)
+
+
+def make_backbones(depth=101, granularity=(4, 4, 2, 1), device='cpu', dtype='fp32',
+                   backend='auto'):
+    """(dense mmdet ResNet, LASResNet with sparse inference), eval, random weights."""
+    from mmdet.models.backbones import ResNet
+
+    from ..models.backbones.las_resnet import LASResNet
+    dense = ResNet(depth).to(device=device, dtype=TORCH_DTYPES[dtype])
+    dense.eval()
+    las = LASResNet(depth, granularity=granularity, sparse_inference=backend)
+    las = las.to(device=device, dtype=TORCH_DTYPES[dtype])
+    las.eval()
+    return dense, las
+
+
+def measure_backbone(model, in_h, in_w, rate=None, batch=1, device='cpu', dtype='fp32',
+                     warmup=1, repeats=3):
+    """Median seconds of a backbone forward; a LASResNet runs at pinned masks of ``rate``."""
+    x = torch.randn(batch, 3, in_h, in_w, device=device, dtype=TORCH_DTYPES[dtype])
+    if rate is None:
+        return time_fn(lambda: model(x), device, warmup, repeats)
+    with model.pinned_masks(rate):
+        return time_fn(lambda: model(x), device, warmup, repeats)
+
+
+def stage_block_shape(stage, in_h, in_w, batch=1, first=False, depth=101):
+    """A block of a ResNet stage at a network input size: the stage's first block (stride,
+    downsample) or a regular one."""
+    for s, i, shape in resnet_block_shapes(in_h, in_w, depth, batch):
+        if s == stage and i == (0 if first else 1):
+            return shape
+    raise ValueError(f'no stage {stage} in a ResNet-{depth}')

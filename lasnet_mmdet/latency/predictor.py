@@ -1,0 +1,443 @@
+"""Analytical latency of static and LAS bottlenecks: algorithm x schedule x hardware.
+
+A block is lowered to the kernels it launches (GEMM-like convs and memory-bound ops), each
+kernel is timed by a roofline over the profile's figures, and the block's latency is the sum.
+
+* GEMM (conv as implicit GEMM, M = output pixels, N = out channels, K = in channels x k^2).
+  GPU: the output is cut into ``tm x tn`` tiles that run in waves over the SMs, so a kernel
+  with 133 tiles on 132 SMs takes two waves (tile and wave quantisation); the best of a few
+  tile shapes is kept, as an autotuner would. CPU: FLOPs over cores x per-core peak. Both scale
+  by the calibrated ``compute`` efficiency and a ``small_dim`` penalty for narrow GEMMs, and
+  take the max with the DRAM (and, on GPU, L2) traffic time.
+* Memory-bound ops (BN, ReLU, add, gather, scatter): bytes over DRAM bandwidth; indexed
+  (row-gathered) traffic at the lower ``gather`` efficiency.
+* Every kernel (eager op) pays ``launch_us``.
+
+The LAS block follows ``lasnet_mmdet.ops``: feature maps are channels-last (pixels x C)
+matrices; conv1 runs on the rows conv2 needs (the dilated mask: each halo pixel once), conv2
+(3x3, stride) as a GEMM over the nine taps of each active output row, conv3 on the active rows,
+then the rows are added into the dense residual (identity or downsample) and ReLU'd. S enters
+through the dilation (fine masks need almost every conv1 row) and the index work. A
+``Schedule`` says which steps are fused (LASNet section 3.4 / LAUDNet simulator):
+
+* ``gather_in_conv``: the convs read their rows through indices (implicit GEMM), no copies;
+* ``fused_scatter``: scatter + residual add + ReLU are one pass over the output;
+* ``masker_fused``: the masker's pooling rides on a kernel that reads x anyway;
+* ``bn_folded``: BN folded into the convs and ReLU applied in their epilogue.
+"""
+import math
+from dataclasses import dataclass, replace
+
+from .hardware import DTYPE_BYTES, load_profile
+
+INDEX_OPS = 8  # small ops that turn a coarse mask into row lists
+# Per-block small ops of LASResNet's forward around the sparse kernels (mask upsampling and
+# dilation for its statistics, the masker or a pinned mask): counted in backbone predictions.
+BOOKKEEPING_OPS = 14
+ARCH = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+def conv_out(size, stride):
+    """Output size of a 3x3/pad-1 or 1x1 conv (and the ResNet stem/max-pool) at ``stride``."""
+    return (size - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class Schedule:
+    patch_tiles: bool = True       # kernels work patch by patch (conv1 on haloed windows)
+    gather_in_conv: bool = True
+    fused_scatter: bool = True
+    masker_fused: bool = True
+    bn_folded: bool = True
+    epilogue_fused: bool = True    # bias + ReLU inside the GEMM (else a pass of their own)
+    dense_conv1_above: float = 1.0  # run conv1 densely above this needed-row fraction
+    with_masker: bool = True       # False when masks are given (pinned), as in benchmarks
+
+    def replace(self, **kwargs):
+        return replace(self, **kwargs)
+
+
+SCHEDULES = {
+    # LASNet's schedule (LAUDNet simulator): per-patch kernels, conv1 on each patch's haloed
+    # window, gather in the conv, scatter + add + ReLU fused, masker fused, BN folded.
+    'fused': Schedule(),
+    # The same fusions on pixel rows (implicit GEMM over row indices, no halo recompute).
+    'rows': Schedule(patch_tiles=False),
+    # lasnet_mmdet.ops torch backend: row GEMMs, explicit gathers, index_add, ReLU passes.
+    'torch': Schedule(patch_tiles=False, gather_in_conv=False, fused_scatter=False,
+                      masker_fused=False, epilogue_fused=False, dense_conv1_above=0.75),
+}
+
+
+def get_schedule(schedule=None, profile=None):
+    """A ``Schedule`` from an instance or a name; by default the profile's backend."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if schedule is None:
+        if profile is not None and profile.schedule:
+            schedule = profile.schedule
+        else:
+            schedule = 'fused' if profile is not None and profile.kind == 'gpu' else 'torch'
+    if schedule not in SCHEDULES:
+        raise ValueError(f'unknown schedule {schedule!r}; known: {sorted(SCHEDULES)}')
+    return SCHEDULES[schedule]
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """Geometry of one bottleneck: input ``in_channels x in_h x in_w``, ``planes`` mid width."""
+    in_channels: int
+    planes: int
+    in_h: int
+    in_w: int
+    stride: int = 1
+    downsample: bool = False
+    batch: int = 1
+    expansion: int = 4
+
+    @property
+    def out_channels(self):
+        return self.planes * self.expansion
+
+    @property
+    def out_hw(self):
+        return conv_out(self.in_h, self.stride), conv_out(self.in_w, self.stride)
+
+    def cells(self, granularity):
+        """Coarse-mask cells per image."""
+        out_h, out_w = self.out_hw
+        return math.ceil(out_h / granularity) * math.ceil(out_w / granularity)
+
+    @classmethod
+    def of_block(cls, block, in_h, in_w, batch=1):
+        """The shape of an mmdet (LAS) ``Bottleneck`` module at an input size."""
+        return cls(block.inplanes, block.planes, in_h, in_w, block.stride,
+                   block.downsample is not None, batch, block.expansion)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One launched op: GEMM dims (0 for memory-bound ops) and its DRAM traffic in bytes."""
+    name: str
+    M: int = 0
+    N: int = 0
+    K: int = 0
+    bytes: float = 0.0          # streamed DRAM traffic
+    gathered_bytes: float = 0.0  # traffic through row indices
+    launches: int = 1           # ops it stands for (each pays the launch cost)
+
+    @property
+    def is_gemm(self):
+        return self.M > 0 and self.N > 0 and self.K > 0
+
+
+# --- kernel timing ---------------------------------------------------------------------------
+
+def _shape_efficiency(profile, dims):
+    half = profile.efficiency['small_dim']
+    eff = 1.0
+    for d in dims:
+        eff *= d / (d + half)
+    return eff
+
+
+def _gemm_compute_s(kernel, profile, dtype):
+    """Compute (and on-chip traffic) time of a GEMM, with tile and wave quantisation on GPU."""
+    M, N, K = kernel.M, kernel.N, kernel.K
+    peak = profile.peak_flops(dtype) * profile.efficiency['compute']
+    peak *= _shape_efficiency(profile, (M, N, K))
+    if profile.kind == 'cpu':
+        return 2.0 * M * N * K / peak
+    per_sm = peak / profile.sms
+    onchip = profile.onchip_gbps * 1e9
+    nbytes = DTYPE_BYTES[dtype]
+    best = math.inf
+    for tm in (profile.tile // 2, profile.tile):
+        for tn in (profile.tile // 2, profile.tile):
+            tiles = math.ceil(M / tm) * math.ceil(N / tn)
+            waves = math.ceil(tiles / profile.sms)
+            t_comp = waves * 2.0 * tm * tn * K / per_sm
+            # Every N-tile re-reads its A rows and every M-tile its B columns from L2.
+            t_l2 = (M * K * math.ceil(N / tn) + K * N * math.ceil(M / tm)) * nbytes / onchip
+            best = min(best, max(t_comp, t_l2))
+    return best
+
+
+def kernel_time(kernel, profile, dtype=None):
+    """Predicted seconds of one kernel on ``profile``."""
+    dtype = dtype or profile.dtype
+    eff = profile.efficiency
+    bandwidth = profile.dram_gbps * 1e9 * eff['memory']
+    t_mem = kernel.bytes / bandwidth + kernel.gathered_bytes / (bandwidth * eff['gather'])
+    t_work = max(_gemm_compute_s(kernel, profile, dtype), t_mem) if kernel.is_gemm else t_mem
+    return t_work + 1e-6 * eff['launch_us'] * kernel.launches
+
+
+def kernels_time(kernels, profile, dtype=None):
+    return sum(kernel_time(k, profile, dtype) for k in kernels)
+
+
+# --- lowering blocks to kernels ---------------------------------------------------------------
+
+def _conv(name, M, N, K, in_elems, out_elems, b):
+    """A dense conv as a GEMM kernel (streamed input, weights, output)."""
+    return Kernel(name, M, N, K, bytes=(in_elems + out_elems + N * K) * b)
+
+
+def _eltwise(name, elems, b, passes=2):
+    """A memory-bound op touching ``elems`` elements ``passes`` times (read + write = 2)."""
+    return Kernel(name, bytes=passes * elems * b)
+
+
+def static_kernels(shape, dtype='fp32', bn_folded=False):
+    """Kernels of mmdet's dense Bottleneck in eager mode (conv, BN, ReLU as separate ops)."""
+    b = DTYPE_BYTES[dtype]
+    B, cin, mid, cout = shape.batch, shape.in_channels, shape.planes, shape.out_channels
+    px1 = B * shape.in_h * shape.in_w
+    out_h, out_w = shape.out_hw
+    px2 = B * out_h * out_w
+    ks = []
+
+    def conv_bn(name, M, N, K, in_elems, relu=True):
+        ks.append(_conv(name, M, N, K, in_elems, M * N, b))
+        if not bn_folded:
+            ks.append(_eltwise(name + '.bn', M * N, b))
+            if relu:
+                ks.append(_eltwise(name + '.relu', M * N, b))
+
+    conv_bn('conv1', px1, mid, cin, px1 * cin)
+    conv_bn('conv2', px2, mid, 9 * mid, px1 * mid)
+    conv_bn('conv3', px2, cout, mid, px2 * mid, relu=False)
+    if shape.downsample:
+        conv_bn('downsample', px2, cout, cin, px2 * cin, relu=False)
+    ks.append(_eltwise('add', px2 * cout, b, passes=3))
+    ks.append(_eltwise('relu', px2 * cout, b))
+    return ks
+
+
+def needed_fraction(granularity, stride, rate):
+    """Expected fraction of conv1 outputs that conv2 reads for a random mask at ``rate``.
+
+    conv1 output p (1-D, input grid) is read by outputs o with ``stride*o-1 <= p <= stride*o+1``;
+    over one period of ``stride*S`` positions, count the distinct mask cells each p depends on
+    (k_x, k_y), and a pixel is needed unless all its ``k_x*k_y`` cells are off.
+    """
+    S, period = granularity, granularity * stride
+    cells = [len({o // S for o in range(-S, 2 * S) if stride * o - 1 <= p <= stride * o + 1})
+             for p in range(period)]
+    return sum(1 - (1 - rate)**(kx * ky) for kx in cells for ky in cells) / period**2
+
+
+def las_rows(shape, granularity, rate, exact=True):
+    """``(needed conv1 rows, active output rows)`` over the batch at activation rate r.
+
+    ``exact``: r is rounded to whole cells per image, as pinned masks do.
+    """
+    if exact:
+        cells = shape.cells(granularity)
+        rate = round(rate * cells) / cells
+    out_h, out_w = shape.out_hw
+    active = shape.batch * out_h * out_w * rate
+    needed = shape.batch * shape.in_h * shape.in_w * needed_fraction(granularity, shape.stride,
+                                                                        rate)
+    return needed, active
+
+
+def las_kernels(shape, granularity, rate, schedule=None, dtype='fp32', exact=True):
+    """Kernels of a LAS bottleneck on its active pixels under ``schedule``."""
+    schedule = get_schedule(schedule)
+    if schedule.patch_tiles:
+        return _patch_kernels(shape, granularity, rate, schedule, dtype, exact)
+    return _row_kernels(shape, granularity, rate, schedule, dtype, exact)
+
+
+def _masker_and_indices(shape, granularity, schedule, b, index_bytes, index_ops):
+    in_px = shape.batch * shape.in_h * shape.in_w
+    ks = []
+    if schedule.with_masker:
+        if schedule.masker_fused:
+            ks.append(Kernel('masker', bytes=shape.batch * shape.cells(granularity) * 2 * b))
+        else:
+            ks.append(_eltwise('masker', in_px * shape.in_channels, b, passes=1))
+    ks.append(Kernel('indices', bytes=index_bytes, launches=index_ops))
+    return ks
+
+
+def _residual_kernels(shape, schedule, n_out_rows, b):
+    out_h, out_w = shape.out_hw
+    out_px = shape.batch * out_h * out_w
+    cin, cout = shape.in_channels, shape.out_channels
+    dense_out = out_px * cout
+    ks = []
+    if shape.downsample:
+        ks.append(_conv('downsample', out_px, cout, cin, out_px * cin, dense_out, b))
+        if not schedule.bn_folded:
+            ks.append(_eltwise('downsample.bn', dense_out, b))
+    elif not schedule.fused_scatter:
+        ks.append(_eltwise('residual_copy', dense_out, b))
+    if schedule.fused_scatter:
+        # Read residual + active rows, write the output, ReLU in the same pass.
+        ks.append(Kernel('scatter_add_relu', bytes=2 * dense_out * b,
+                         gathered_bytes=n_out_rows * cout * b))
+    else:
+        ks.append(Kernel('index_add', gathered_bytes=3 * n_out_rows * cout * b))
+        ks.append(_eltwise('relu', dense_out, b))
+    return ks
+
+
+def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None):
+    """A conv GEMM (+ its BN / ReLU passes when the schedule does not fuse them)."""
+    ks = [Kernel(name, M if m_pad is None else m_pad, N, K,
+                 bytes=(M * N + N * K + (0 if gathered else in_elems)) * b,
+                 gathered_bytes=in_elems * b if gathered else 0.0)]
+    if not schedule.bn_folded:
+        ks.append(_eltwise(name + '.bn', M * N, b))
+    if not schedule.epilogue_fused:
+        ks.append(_eltwise(name + '.relu', M * N, b))
+    return ks
+
+
+def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
+    """Pixel-row schedule: conv1 on the needed (dilated) rows, each once; conv2 over the nine
+    taps of each active row; conv3 on the active rows; rows added into the residual."""
+    b = DTYPE_BYTES[dtype]
+    B, cin, mid = shape.batch, shape.in_channels, shape.planes
+    out_h, out_w = shape.out_hw
+    n1, n2 = las_rows(shape, granularity, rate, exact)
+    in_px, out_px = B * shape.in_h * shape.in_w, B * out_h * out_w
+    # Mask upsampling, dilation, nonzero and the taps' row lists (int64) in small ops.
+    ks = _masker_and_indices(shape, granularity, schedule, b,
+                             8 * (in_px + out_px) + 3 * 8 * 9 * n2, INDEX_OPS)
+    if n1 > schedule.dense_conv1_above * in_px:
+        ks += _gemm('conv1', in_px, mid, cin, in_px * cin, schedule, b)
+    elif schedule.gather_in_conv:
+        ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b, gathered=True)
+    else:
+        ks.append(Kernel('gather1', bytes=n1 * cin * b, gathered_bytes=n1 * cin * b))
+        ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b)
+        ks.append(Kernel('scatter1', bytes=n1 * mid * b, gathered_bytes=n1 * mid * b))
+    if schedule.gather_in_conv:
+        # Implicit GEMM: the nine taps' re-reads hit on-chip memory; DRAM sees conv1's rows.
+        ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True)
+    else:
+        ks.append(Kernel('gather2', bytes=9 * n2 * mid * b, gathered_bytes=9 * n2 * mid * b))
+        ks += _gemm('conv2', n2, mid, 9 * mid, 9 * n2 * mid, schedule, b)
+    ks += _gemm('conv3', n2, shape.out_channels, mid, n2 * mid,
+                schedule.replace(epilogue_fused=True), b)
+    return ks + _residual_kernels(shape, schedule, n2, b)
+
+
+def _patch_kernels(shape, granularity, rate, schedule, dtype, exact):
+    """Patch schedule (LASNet/LAUDNet): every active SxS patch is a unit of work; conv1 runs on
+    its ``(S-1)*stride + 3`` haloed window (the halo computed once per patch that reads it),
+    and in half precision GEMM rows are padded per patch to the tensor-core tile height 16."""
+    b = DTYPE_BYTES[dtype]
+    mma_m = 1 if dtype == 'fp32' else 16
+    S, s = granularity, shape.stride
+    cin, mid = shape.in_channels, shape.planes
+    if exact:
+        n_p = shape.batch * round(rate * shape.cells(S))
+    else:
+        n_p = shape.batch * rate * shape.cells(S)
+    win = (S - 1) * s + 3
+    px1, px2 = n_p * win * win, n_p * S * S
+    pad = lambda rows: n_p * math.ceil(rows / mma_m) * mma_m  # noqa: E731
+    ks = _masker_and_indices(shape, S, schedule, b, 8 * shape.batch * shape.cells(S), 2)
+    if schedule.gather_in_conv:
+        ks += _gemm('conv1', px1, mid, cin, px1 * cin, schedule, b, gathered=True,
+                    m_pad=pad(win * win))
+    else:
+        ks.append(Kernel('gather', bytes=px1 * cin * b, gathered_bytes=px1 * cin * b))
+        ks += _gemm('conv1', px1, mid, cin, px1 * cin, schedule, b, m_pad=pad(win * win))
+    ks += _gemm('conv2', px2, mid, 9 * mid, px1 * mid, schedule, b, m_pad=pad(S * S))
+    ks += _gemm('conv3', px2, shape.out_channels, mid, px2 * mid,
+                schedule.replace(epilogue_fused=True), b, m_pad=pad(S * S))
+    return ks + _residual_kernels(shape, schedule, px2, b)
+
+
+def bookkeeping_kernel(shape):
+    """The small ops of ``LASBottleneck.forward`` besides the sparse kernels (statistics)."""
+    out_h, out_w = shape.out_hw
+    px = shape.batch * (shape.in_h * shape.in_w + out_h * out_w)
+    return Kernel('bookkeeping', bytes=8 * px, launches=BOOKKEEPING_OPS)
+
+
+def stem_kernels(in_h, in_w, batch=1, dtype='fp32', in_channels=3, stem_channels=64):
+    """mmdet ResNet stem: 7x7/2 conv, BN, ReLU, 3x3/2 max-pool."""
+    b = DTYPE_BYTES[dtype]
+    h, w = conv_out(in_h, 2), conv_out(in_w, 2)
+    px = batch * h * w
+    ph, pw = conv_out(h, 2), conv_out(w, 2)
+    return [_conv('stem.conv', px, stem_channels, 49 * in_channels,
+                  batch * in_h * in_w * in_channels, px * stem_channels, b),
+            _eltwise('stem.bn', px * stem_channels, b),
+            _eltwise('stem.relu', px * stem_channels, b),
+            Kernel('stem.maxpool', bytes=(px + batch * ph * pw) * stem_channels * b)]
+
+
+# --- public API -------------------------------------------------------------------------------
+
+def predict_static_block(shape, profile, dtype=None, bn_folded=False):
+    """Seconds of a dense bottleneck."""
+    profile = load_profile(profile)
+    dtype = dtype or profile.dtype
+    return kernels_time(static_kernels(shape, dtype, bn_folded), profile, dtype)
+
+
+def predict_las_block(shape, granularity, rate, profile, schedule=None, dtype=None, exact=True):
+    """Seconds of a LAS bottleneck at granularity S and activation rate r."""
+    profile = load_profile(profile)
+    dtype = dtype or profile.dtype
+    schedule = get_schedule(schedule, profile)
+    return kernels_time(las_kernels(shape, granularity, rate, schedule, dtype, exact),
+                        profile, dtype)
+
+
+def resnet_block_shapes(in_h, in_w, depth=101, batch=1, base_channels=64):
+    """``[(stage, index, BlockShape)]`` of a pytorch-style ResNet at an input size."""
+    if depth not in ARCH:
+        raise ValueError(f'depth must be one of {sorted(ARCH)}, got {depth!r}')
+    h, w = conv_out(conv_out(in_h, 2), 2), conv_out(conv_out(in_w, 2), 2)
+    inplanes = base_channels
+    shapes = []
+    for stage, blocks in enumerate(ARCH[depth]):
+        planes = base_channels * 2**stage
+        for i in range(blocks):
+            stride = 2 if (i == 0 and stage > 0) else 1
+            shape = BlockShape(inplanes, planes, h, w, stride, downsample=(i == 0), batch=batch)
+            shapes.append((stage, i, shape))
+            h, w = shape.out_hw
+            inplanes = shape.out_channels
+    return shapes
+
+
+def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101, batch=1,
+                     schedule=None, dtype=None, exact=True, bookkeeping=False):
+    """Per-part seconds of a whole backbone; static when ``granularity`` is None.
+
+    ``rate`` is one r for every block or a sequence with one r per block. ``bookkeeping``
+    adds the small per-block ops of ``LASResNet.forward`` (statistics, mask pinning), to
+    compare with a measured ``LASResNet``; they do not depend on S or r.
+    Returns ``dict(total=, stem=, blocks=[...], stages=[4 sums])``.
+    """
+    profile = load_profile(profile)
+    dtype = dtype or profile.dtype
+    schedule = get_schedule(schedule, profile)
+    shapes = resnet_block_shapes(in_h, in_w, depth, batch)
+    if granularity is not None and isinstance(granularity, int):
+        granularity = (granularity, ) * 4
+    rates = list(rate) if hasattr(rate, '__len__') else [rate] * len(shapes)
+    if len(rates) != len(shapes):
+        raise ValueError(f'need {len(shapes)} rates, got {len(rates)}')
+    stem = kernels_time(stem_kernels(in_h, in_w, batch, dtype), profile, dtype)
+    blocks, stages = [], [0.0] * 4
+    for (stage, _, shape), r in zip(shapes, rates):
+        if granularity is None:
+            t = predict_static_block(shape, profile, dtype)
+        else:
+            t = predict_las_block(shape, granularity[stage], r, profile, schedule, dtype, exact)
+            if bookkeeping:
+                t += kernel_time(bookkeeping_kernel(shape), profile, dtype)
+        blocks.append(t)
+        stages[stage] += t
+    return dict(total=stem + sum(blocks), stem=stem, blocks=blocks, stages=stages)

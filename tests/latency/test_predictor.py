@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from lasnet_mmdet.latency.hardware import PRESETS
+from lasnet_mmdet.latency.predictor import (SCHEDULES, BlockShape, Kernel, kernel_time,
+                                            las_kernels, needed_fraction, predict_backbone,
+                                            predict_las_block, predict_static_block,
+                                            resnet_block_shapes)
+from lasnet_mmdet.models.layers.masker import (coarse_grid_size, dilate_mask,
+                                               random_coarse_mask, upsample_mask)
+
+STAGE3 = BlockShape(1024, 256, 50, 76)
+
+
+@pytest.mark.parametrize('S,stride', [(1, 1), (1, 2), (2, 1), (4, 2), (7, 1), (8, 1)])
+def test_needed_fraction_matches_the_dilated_mask(S, stride):
+    generator = torch.Generator().manual_seed(0)
+    size = 112
+    out = (size - 1) // stride + 1
+    h, w = coarse_grid_size(out, out, S)
+    for rate in (0.1, 0.5, 0.9):
+        coarse = random_coarse_mask(1, h, w, rate, generator, 'cpu')
+        mask = upsample_mask(coarse, S, out, out)
+        measured = dilate_mask(mask, stride, size, size).mean().item()
+        exact = round(rate * h * w) / (h * w)
+        assert needed_fraction(S, stride, exact) == pytest.approx(measured, abs=0.03)
+
+
+@pytest.mark.parametrize('preset', sorted(PRESETS))
+@pytest.mark.parametrize('schedule', sorted(SCHEDULES))
+def test_las_block_grows_with_rate(preset, schedule):
+    times = [predict_las_block(STAGE3, 4, r / 10, preset, schedule) for r in range(11)]
+    if schedule != 'torch':  # the torch backend switches conv1 to dense above 75% rows
+        assert all(b >= a * 0.999 for a, b in zip(times, times[1:]))
+    assert times[0] < 0.8 * times[-1]
+
+
+def test_wave_quantisation():
+    h100 = PRESETS['h100']
+    tile = h100.tile
+    one_wave = Kernel('g', M=tile * h100.sms, N=tile, K=4096)
+    two_waves = Kernel('g', M=tile * (h100.sms + 1), N=tile, K=4096)
+    # One more row of tiles than fits in full waves costs far more than its 1/132 share.
+    assert kernel_time(two_waves, h100) > 1.15 * kernel_time(one_wave, h100)
+
+
+def test_tensor_cores_and_fusion_pay():
+    v100 = PRESETS['v100']
+    assert (predict_static_block(STAGE3, v100, 'fp16') < 0.5
+            * predict_static_block(STAGE3, v100, 'fp32'))
+    fused = predict_las_block(STAGE3, 4, 0.5, v100, 'rows')
+    torch_like = predict_las_block(STAGE3, 4, 0.5, v100, 'torch')
+    assert fused < torch_like
+
+
+def test_patch_schedule_pays_the_halo_at_fine_granularity():
+    names = [k.name for k in las_kernels(STAGE3, 1, 0.5, 'fused')]
+    assert 'conv1' in names and 'scatter_add_relu' in names
+    def rows(S, name):
+        return next(k for k in las_kernels(STAGE3, S, 0.5, 'fused') if k.name == name).M
+
+    # S=1: every active pixel recomputes a 3x3 conv1 window; S=8: a 10x10 window per 8x8.
+    assert rows(1, 'conv1') / rows(1, 'conv3') == pytest.approx(9)
+    assert rows(8, 'conv1') / rows(8, 'conv3') == pytest.approx(100 / 64)
+
+
+def test_backbone_prediction_structure():
+    shapes = resnet_block_shapes(800, 1216, 101)
+    assert len(shapes) == 33 and shapes[3][2].stride == 2 and shapes[3][2].downsample
+    static = predict_backbone('h100', 800, 1216)
+    assert math.isclose(static['total'], static['stem'] + sum(static['stages']))
+    las = predict_backbone('h100', 800, 1216, (4, 4, 7, 4), 0.5)
+    assert las['total'] < static['total']
+    with pytest.raises(ValueError, match='rates'):
+        predict_backbone('h100', 800, 1216, 4, [0.5] * 3)

@@ -1,0 +1,137 @@
+"""How well the latency predictor matches measured latency on this device.
+
+    python tools/eval_latency_predictor.py --profile lasnet_mmdet/latency/profiles/cpu.json \
+        --device cpu --json work_dirs/latency_eval_cpu.json
+
+Per block: one regular block of each ResNet-101 stage at the given input size, its sparse path
+(``lasnet_mmdet.ops``) timed at pinned masks over S x r; whole backbone: mmdet's dense ResNet
+and LASResNet (sparse inference, pinned masks). Prints a table and writes JSON with ``mape``
+(mean absolute percentage error over blocks), ``spearman`` (rank correlation of predicted and
+measured block latencies) and ``backbone_error`` (relative error on the whole LAS backbone).
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from lasnet_mmdet.latency import measure
+from lasnet_mmdet.latency.hardware import ProfileError, load_profile
+from lasnet_mmdet.latency.measure import (make_backbones, make_block, measure_backbone,
+                                          measure_las_block, stage_block_shape)
+from lasnet_mmdet.latency.predictor import (SCHEDULES, get_schedule, predict_backbone,
+                                            predict_las_block)
+
+
+def spearman(a, b):
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=v.__getitem__)
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    var = (sum((x - ma)**2 for x in ra) * sum((y - mb)**2 for y in rb))**0.5
+    return cov / var if var else float('nan')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument('--profile', help='calibrated profile JSON')
+    src.add_argument('--preset', help='hardware preset (uncalibrated)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'),
+                        help="default: the profile's")
+    parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'triton'))
+    parser.add_argument('--schedule', choices=sorted(SCHEDULES), help="default: the profile's")
+    parser.add_argument('--shape', nargs=2, type=int, default=(800, 1216), metavar=('H', 'W'))
+    parser.add_argument('--granularities', nargs='+', type=int, default=(1, 2, 4, 7, 8))
+    parser.add_argument('--rates', nargs='+', type=float,
+                        default=tuple(round(0.1 * i, 1) for i in range(1, 10)))
+    parser.add_argument('--stages', nargs='+', type=int, default=(0, 1, 2, 3))
+    parser.add_argument('--backbone-granularity', nargs=4, type=int, default=(4, 4, 2, 1))
+    parser.add_argument('--backbone-rate', type=float, default=0.5)
+    parser.add_argument('--no-backbone', action='store_true')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--stat', choices=sorted(measure.STATISTIC), default='median',
+                        help="'min' is robust to other processes on a shared CPU")
+    parser.add_argument('--json', help='write the results here')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        profile = load_profile(args.profile or args.preset)
+    except ProfileError as e:
+        sys.exit(f'error: {e}')
+    measure.DEFAULT_STAT = args.stat
+    dtype = args.dtype or profile.dtype
+    schedule = get_schedule(args.schedule, profile).replace(with_masker=False)  # pinned masks
+    device = args.device
+    t0 = time.perf_counter()
+    rows = []
+    print(f'{"stage":<7}{"S":>3}{"r":>5}{"measured ms":>13}{"predicted":>11}{"error":>8}')
+    for stage in args.stages:
+        shape = stage_block_shape(stage, *args.shape)
+        for S in args.granularities:
+            block = make_block(shape, S, device, dtype)
+            for r in args.rates:
+                meas = measure_las_block(shape, S, r, device, dtype, args.backend, block,
+                                         warmup=1, repeats=args.repeats)
+                pred = predict_las_block(shape, S, r, profile, schedule, dtype)
+                rows.append(dict(stage=stage + 1, S=S, r=r, measured_ms=meas * 1e3,
+                                 predicted_ms=pred * 1e3))
+                print(f'layer{stage + 1:<2}{S:>3}{r:>5.1f}{meas * 1e3:>13.3f}'
+                      f'{pred * 1e3:>11.3f}{100 * (pred / meas - 1):>7.1f}%', flush=True)
+            del block
+    meas = [row['measured_ms'] for row in rows]
+    pred = [row['predicted_ms'] for row in rows]
+    result = dict(device=(torch.cuda.get_device_name(device) if 'cuda' in str(device) else
+                          f'cpu ({torch.get_num_threads()} threads)'),
+                  profile=profile.name, dtype=dtype, backend=args.backend,
+                  shape=list(args.shape), stat=args.stat, blocks=rows,
+                  mape=sum(abs(p / m - 1) for p, m in zip(pred, meas)) / len(rows),
+                  spearman=spearman(pred, meas))
+    if not args.no_backbone:
+        g, r = tuple(args.backbone_granularity), args.backbone_rate
+        dense, las = make_backbones(101, g, device, dtype, args.backend)
+        m_static = measure_backbone(dense, *args.shape, None, 1, device, dtype)
+        del dense
+        m_las = measure_backbone(las, *args.shape, r, 1, device, dtype)
+        p_static = predict_backbone(profile, *args.shape, None, dtype=dtype)['total']
+        p_las = predict_backbone(profile, *args.shape, g, r, schedule=schedule,
+                                 dtype=dtype, bookkeeping=True)['total']
+        result.update(backbone=dict(granularity=list(g), rate=r,
+                                    measured_ms=m_las * 1e3, predicted_ms=p_las * 1e3,
+                                    static_measured_ms=m_static * 1e3,
+                                    static_predicted_ms=p_static * 1e3),
+                      backbone_error=abs(p_las / m_las - 1),
+                      static_backbone_error=abs(p_static / m_static - 1))
+        print(f'backbone static : measured {m_static * 1e3:.2f} ms, predicted '
+              f'{p_static * 1e3:.2f} ms ({100 * (p_static / m_static - 1):+.1f}%)')
+        print(f'backbone LAS {"-".join(map(str, g))} r={r}: measured {m_las * 1e3:.2f} ms, '
+              f'predicted {p_las * 1e3:.2f} ms ({100 * (p_las / m_las - 1):+.1f}%)')
+    result['seconds'] = time.perf_counter() - t0
+    summary = {k: result[k] for k in ('mape', 'spearman', 'backbone_error',
+                                      'static_backbone_error') if k in result}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == '__main__':
+    main()
