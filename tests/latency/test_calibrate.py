@@ -1,0 +1,57 @@
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from lasnet_mmdet.latency.calibrate import Benchmark, calibrate, fit_efficiency
+from lasnet_mmdet.latency.hardware import PRESETS, load_profile
+from lasnet_mmdet.latency.predictor import (BlockShape, Kernel, kernels_time, las_kernels,
+                                            static_kernels)
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def test_fit_recovers_known_efficiencies():
+    truth = PRESETS['h100'].with_efficiency(compute=0.3, memory=0.6, gather=0.2, launch_us=7.0)
+    shapes = [BlockShape(256, 64, 200, 304), BlockShape(1024, 256, 50, 76),
+              BlockShape(2048, 512, 25, 38)]
+    kernel_sets = [[Kernel('tiny', bytes=8)], [Kernel('copy', bytes=2**28)]]
+    for shape in shapes:
+        kernel_sets.append(static_kernels(shape, 'fp16'))
+        kernel_sets += [las_kernels(shape, S, r, 'fused', 'fp16') for S in (1, 4, 8)
+                        for r in (0.2, 0.7)]
+    benches = [Benchmark(str(i), ks, kernels_time(ks, truth)) for i, ks in enumerate(kernel_sets)]
+    fitted, rms = fit_efficiency(PRESETS['h100'], benches)
+    assert rms < 0.02
+    for key in ('compute', 'memory', 'launch_us'):
+        assert fitted.efficiency[key] == pytest.approx(truth.efficiency[key], rel=0.1)
+
+
+def test_calibrate_on_cpu_tiny_shapes(tmp_path):
+    profile, benches, rms = calibrate('cpu', shape_hw=(64, 64), sparse=True)
+    assert profile.kind == 'cpu' and profile.schedule == 'torch'
+    assert any(b.name.startswith('LAS block') for b in benches)
+    assert all(b.measured_s > 0 for b in benches) and rms >= 0
+    path = tmp_path / 'cpu.json'
+    profile.save(path)
+    assert load_profile(str(path)) == profile
+
+
+def test_calibrate_and_eval_tools(tmp_path):
+    out = tmp_path / 'cpu.json'
+    subprocess.run([sys.executable, 'tools/calibrate_latency.py', '--device', 'cpu', '--shape',
+                    '64', '64', '--dense-only', '--out', str(out)], cwd=REPO, check=True,
+                   capture_output=True)
+    assert json.loads(out.read_text())['kind'] == 'cpu'
+    res = tmp_path / 'eval.json'
+    proc = subprocess.run(
+        [sys.executable, 'tools/eval_latency_predictor.py', '--profile', str(out), '--device',
+         'cpu', '--shape', '64', '64', '--granularities', '1', '4', '--rates', '0.3', '0.7',
+         '--stages', '2', '3', '--repeats', '1', '--json', str(res)],
+        cwd=REPO, check=True, capture_output=True, text=True)
+    data = json.loads(res.read_text())
+    assert len(data['blocks']) == 8
+    for key in ('mape', 'spearman', 'backbone_error'):
+        assert key in data and key in proc.stdout

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from lasnet_mmdet.latency.cost import LatencyCost, piecewise_linear
+from lasnet_mmdet.latency.predictor import predict_backbone
+from lasnet_mmdet.models.backbones.las_resnet import LASResNet
+
+
+def test_piecewise_linear_interpolates_and_has_gradient():
+    ys = torch.tensor([0.0, 1.0, 4.0], dtype=torch.float64)
+    x = torch.tensor(0.75, dtype=torch.float64, requires_grad=True)
+    y = piecewise_linear(x, ys)
+    assert y.item() == pytest.approx(2.5)
+    y.backward()
+    assert x.grad.item() == pytest.approx(6.0)  # slope of the second segment
+    assert piecewise_linear(torch.tensor(1.0), ys).item() == pytest.approx(4.0)
+
+
+def test_latency_cost_of_a_backbone_forward():
+    torch.manual_seed(0)
+    backbone = LASResNet(50, granularity=(4, 4, 2, 1), sparse_inference='off')
+    backbone.train()
+    backbone(torch.randn(1, 3, 64, 96))
+    cost = LatencyCost('v100')
+    ratio = cost.ratio(backbone)
+    ratio.backward()
+    assert 0 < ratio.item() < 1.5
+    grads = [b.masker.conv2.bias.grad for _, b in backbone.las_blocks()
+             if b.masker.conv2.bias.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    # At r = 1 for every block the table gives the predictor's value.
+    for _, block in backbone.las_blocks():
+        block.stats['rate'] = torch.tensor(1.0)
+    predicted, static = cost(backbone)
+    full = predict_backbone('v100', 64, 96, (4, 4, 2, 1), 1.0, depth=50, exact=False)
+    assert predicted.item() == pytest.approx(full['total'], rel=1e-6)
+    assert static == pytest.approx(predict_backbone('v100', 64, 96, depth=50)['total'])
