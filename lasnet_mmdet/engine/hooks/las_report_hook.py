@@ -85,14 +85,18 @@ class LASReportHook(Hook):
                    'las/gmacs_dense': dense}
         return lines, metrics
 
-    def _finish(self, metrics):
+    def _finish(self, runner, mode, metrics):
         lines, las_metrics = self.report()
         print_log('\n'.join(lines), logger='current')
         if metrics is not None:
             metrics.update(las_metrics)
+        # RuntimeInfoHook has already copied the metrics into the message hub, which the
+        # LoggerHook prints and dumps: add ours there too.
+        for key, value in las_metrics.items():
+            runner.message_hub.update_scalar(f'{mode}/{key}', value)
 
     def after_val_epoch(self, runner, metrics=None):
-        self._finish(metrics)
+        self._finish(runner, 'val', metrics)
 
     def after_test_epoch(self, runner, metrics=None):
-        self._finish(metrics)
+        self._finish(runner, 'test', metrics)
