@@ -35,3 +35,33 @@ def test_latency_cost_of_a_backbone_forward():
     full = predict_backbone('v100', 64, 96, (4, 4, 2, 1), 1.0, depth=50, exact=False)
     assert predicted.item() == pytest.approx(full['total'], rel=1e-6)
     assert static == pytest.approx(predict_backbone('v100', 64, 96, depth=50)['total'])
+
+
+def test_latency_loss_hook_with_latency_cost():
+    from lasnet_mmdet.engine.hooks import LatencyLossHook
+    from lasnet_mmdet.latency import ProfileError
+    with pytest.raises(ValueError, match='needs profile'):
+        LatencyLossHook(cost='latency')
+    with pytest.raises(ProfileError, match='unknown hardware preset'):
+        LatencyLossHook(cost='latency', profile='b200')
+    with pytest.raises(ValueError, match='only with'):
+        LatencyLossHook(cost='macs', profile='v100')
+    hook = LatencyLossHook(target=0.5, cost='latency', profile='v100')
+    backbone = LASResNet(50, granularity=(4, 4, 2, 1), sparse_inference='off')
+    backbone.train()
+    backbone(torch.randn(1, 3, 64, 64))
+    hook._backbone = backbone
+    out = hook._add_cost_loss(backbone, (), {'mode': 'loss'}, {})
+    assert set(out) >= {'loss_latency', 'las_cost_ratio', 'las_latency_ms'}
+    ratio = out['las_cost_ratio']
+    assert out['loss_latency'].item() == pytest.approx((ratio.item() - 0.5)**2, rel=1e-5)
+    out['loss_latency'].backward()
+    assert any(b.masker.conv2.weight.grad is not None for _, b in backbone.las_blocks())
+
+
+def test_latency_tables_are_cheap():
+    import time
+    backbone = LASResNet(101, granularity=(4, 4, 7, 1), sparse_inference='off')
+    t0 = time.perf_counter()
+    LatencyCost('h100').tables(backbone, 800, 1216)
+    assert time.perf_counter() - t0 < 2.0

@@ -16,7 +16,7 @@ from mmdet.registry import HOOKS
 
 from .utils import las_backbone, unwrap
 
-COSTS = ('macs', )
+COSTS = ('macs', 'latency')
 
 
 def mean_over_ranks(value):
@@ -43,12 +43,20 @@ class LatencyLossHook(Hook):
         tau (float): Gumbel temperature; constant unless ``tau_end`` is given.
         tau_end (float, optional): If given, tau decays exponentially from ``tau`` at the first
             iteration to ``tau_end`` at the last one.
-        cost (str): What the ratio measures: 'macs' (backbone multiply-accumulates).
+        cost (str): What the ratio measures: 'macs' (backbone multiply-accumulates) or
+            'latency' (predicted backbone latency on ``profile`` over the static backbone's,
+            piecewise linear in each block's rate at the training input size; logged as
+            ``las_latency_ms``).
+        profile (str | dict, optional): Hardware for ``cost='latency'``: a preset name
+            ('v100', 'a100', 'h100', 'rtx3090', 'tx2') or a calibrated profile JSON path.
+        schedule (str, optional): Sparse schedule for ``cost='latency'`` (default: the
+            profile's; see ``lasnet_mmdet.latency.predictor.SCHEDULES``).
     """
 
     priority = 'NORMAL'
 
-    def __init__(self, target=0.5, weight=1.0, tau=0.1, tau_end=None, cost='macs'):
+    def __init__(self, target=0.5, weight=1.0, tau=0.1, tau_end=None, cost='macs',
+                 profile=None, schedule=None):
         if not 0 < target <= 1:
             raise ValueError(f'target must be in (0, 1], got {target!r}')
         if not weight >= 0:
@@ -58,6 +66,14 @@ class LatencyLossHook(Hook):
                 raise ValueError(f'{name} must be > 0, got {value!r}')
         if cost not in COSTS:
             raise ValueError(f'cost must be one of {COSTS}, got {cost!r}')
+        self._latency = None
+        if cost == 'latency':
+            if profile is None:
+                raise ValueError("cost='latency' needs profile= (a preset name or a JSON path)")
+            from ...latency import LatencyCost
+            self._latency = LatencyCost(profile, schedule)  # fails early on a bad profile
+        elif profile is not None or schedule is not None:
+            raise ValueError(f"profile/schedule are used only with cost='latency', not {cost!r}")
         self.target = float(target)
         self.weight = float(weight)
         self.tau = float(tau)
@@ -89,6 +105,10 @@ class LatencyLossHook(Hook):
 
     def cost_ratio(self, backbone):
         """dynamic / dense cost of the last forward (a tensor with gradient)."""
+        if self._latency is not None:
+            predicted, static = self._latency(backbone)
+            self._latency_ms = predicted.detach().float() * 1e3
+            return (predicted / static).float()
         stats = backbone.las_stats
         return stats['macs_dynamic'] / stats['macs_dense']
 
@@ -104,4 +124,6 @@ class LatencyLossHook(Hook):
                              for stats in backbone.las_stats['blocks'].values()])
         output['las_act_rate'] = mean_over_ranks(rates.mean())
         output['las_cost_ratio'] = ratio.detach()
+        if self._latency is not None:
+            output['las_latency_ms'] = mean_over_ranks(self._latency_ms)
         return output
