@@ -65,3 +65,19 @@ def test_latency_tables_are_cheap():
     t0 = time.perf_counter()
     LatencyCost('h100').tables(backbone, 800, 1216)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_report_hook_predicts_backbone_latency():
+    from types import SimpleNamespace
+
+    from lasnet_mmdet.engine.hooks import LASReportHook
+    backbone = LASResNet(50, granularity=(4, 4, 2, 1), sparse_inference='off')
+    backbone.eval()
+    hook = LASReportHook(profile='v100')
+    hook._reset(SimpleNamespace(model=SimpleNamespace(backbone=backbone)))
+    with torch.no_grad(), backbone.pinned_masks(0.5):
+        backbone(torch.randn(1, 3, 64, 96))
+    hook._accumulate({'inputs': [None]})
+    lines, metrics = hook.report()
+    assert any('predicted backbone latency' in line for line in lines)
+    assert 0 < metrics['las/pred_latency_ratio'] < 1.5 and metrics['las/pred_latency_ms'] > 0

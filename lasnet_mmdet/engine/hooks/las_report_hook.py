@@ -19,18 +19,27 @@ class LASReportHook(Hook):
 
     Args:
         per_block (bool): Also print the rate of every block.
+        profile (str | dict, optional): Hardware profile (preset name or calibrated JSON path)
+            on which to report the predicted backbone latency of each evaluated image, beside
+            the static backbone's (``las/pred_latency_ms``, ``las/pred_latency_ratio``).
+        schedule (str, optional): Sparse schedule for the prediction (default: the profile's).
     """
 
     priority = 'NORMAL'
 
-    def __init__(self, per_block=False):
+    def __init__(self, per_block=False, profile=None, schedule=None):
         self.per_block = per_block
+        self._latency = None
+        if profile is not None:
+            from ...latency import LatencyCost
+            self._latency = LatencyCost(profile, schedule)  # fails early on a bad profile
 
     def _reset(self, runner):
         self._backbone = las_backbone(runner.model, type(self).__name__)
         self._rate_sums = defaultdict(float)
         self._macs_dynamic = 0.0
         self._macs_dense = 0.0
+        self._latency_ms = [0.0, 0.0]  # predicted LAS, static: sums over images
         self._images = 0
 
     def before_val_epoch(self, runner):
@@ -46,6 +55,11 @@ class LASReportHook(Hook):
             self._rate_sums[name] += float(block['rate']) * images
         self._macs_dynamic += float(stats['macs_dynamic']) * images
         self._macs_dense += stats['macs_dense'] * images
+        if self._latency is not None:
+            with torch.no_grad():
+                predicted, static = self._latency(self._backbone)
+            self._latency_ms[0] += float(predicted) * 1e3 * images
+            self._latency_ms[1] += static * 1e3 * images
         self._images += images
 
     def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
@@ -56,11 +70,13 @@ class LASReportHook(Hook):
 
     def _sum_over_ranks(self):
         names = list(self._rate_sums)
-        totals = torch.tensor([self._images, self._macs_dynamic, self._macs_dense]
+        totals = torch.tensor([self._images, self._macs_dynamic, self._macs_dense,
+                               *self._latency_ms]
                               + [self._rate_sums[name] for name in names], dtype=torch.float64)
         dist.all_reduce(totals, op='sum')  # no-op when not distributed
         self._images, self._macs_dynamic, self._macs_dense = int(totals[0]), *totals[1:3].tolist()
-        self._rate_sums = dict(zip(names, totals[3:].tolist()))
+        self._latency_ms = totals[3:5].tolist()
+        self._rate_sums = dict(zip(names, totals[5:].tolist()))
 
     def report(self):
         """``(lines, metrics)`` of the means since the epoch began (over all ranks)."""
@@ -83,6 +99,14 @@ class LASReportHook(Hook):
                      f'(ratio {dyn / max(dense, 1e-12):.3f}); mean act. rate {mean_rate:.3f}')
         metrics = {'las/act_rate': mean_rate, 'las/gmacs_dynamic': dyn,
                    'las/gmacs_dense': dense}
+        if self._latency is not None:
+            pred, static = (ms / n for ms in self._latency_ms)
+            cost = self._latency
+            lines.append(f'predicted backbone latency per image on {cost.profile.name} '
+                         f'({cost.dtype}, batch 1): LAS {pred:.2f} ms / static {static:.2f} ms '
+                         f'(ratio {pred / max(static, 1e-12):.3f})')
+            metrics.update({'las/pred_latency_ms': pred,
+                            'las/pred_latency_ratio': pred / max(static, 1e-12)})
         return lines, metrics
 
     def _finish(self, runner, mode, metrics):
