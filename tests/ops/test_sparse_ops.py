@@ -1,0 +1,164 @@
+"""The sparse LAS bottleneck equals the dense-masked one (eval), on both backends.
+
+The Triton cases run on CUDA when it is there, else in Triton's interpreter on CPU tensors,
+with small shapes (interpreted kernels are slow). TRITON_INTERPRET must be set before the
+kernels are decorated; ``lasnet_mmdet.ops.triton`` is imported lazily, on the first Triton
+forward, so setting it here, at collection, is early enough.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+from lasnet_mmdet.models.backbones.las_resnet import LASResNet
+from lasnet_mmdet.ops import dense_masked_forward, las_bottleneck_forward
+
+sys.path.insert(0, os.path.dirname(__file__))
+from ops_helpers import assert_close_to_scale, coarse_for, make_block  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not CUDA, reason='needs a CUDA device')
+DEVICE = 'cuda' if CUDA else 'cpu'
+
+# (inplanes, planes, S, stride, downsample, batch, H, W): S in 1, 2, 4, 7, 8, sizes that S
+# does not divide, stride 1 and 2, identity and downsample blocks, batch > 1.
+CASES = [
+    (64, 16, 1, 1, False, 1, 6, 7),
+    (64, 16, 2, 1, True, 2, 9, 11),
+    (32, 16, 4, 2, True, 2, 13, 10),
+    (64, 16, 4, 1, False, 1, 16, 12),
+    (64, 16, 7, 1, False, 2, 15, 9),
+    (32, 16, 7, 2, True, 1, 17, 16),
+    (64, 16, 8, 1, False, 1, 10, 17),
+    (32, 16, 3, 2, True, 2, 11, 7),
+]
+RATES = [0.0, 0.5, 1.0]
+
+
+def _check(backend, case, rate, dtype=torch.float32, device='cpu', rtol=1e-4):
+    inplanes, planes, s, stride, down, batch, h, w = case
+    block = make_block(inplanes, planes, s, stride, down).to(device, dtype)
+    x = torch.randn(batch, inplanes, h, w, device=device, dtype=dtype)
+    coarse = coarse_for(block, x, rate)
+    with torch.no_grad():
+        ref = dense_masked_forward(block.float(), x.float(), coarse.float())
+        block.to(dtype)
+        out = las_bottleneck_forward(block, x, coarse, backend=backend)
+    assert out.dtype == dtype
+    assert_close_to_scale(out, ref, rtol)
+
+
+@pytest.mark.parametrize('rate', RATES)
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_torch_backend_matches_dense_masked(case, rate):
+    _check('torch', case, rate)
+
+
+@pytest.mark.parametrize('case,rate', [(c, r) for c in CASES for r in RATES
+                                       if r == 0.5 or c[2] in (2, 7)], ids=str)
+def test_triton_backend_matches_dense_masked(case, rate):
+    _check('triton', case, rate, device=DEVICE)
+
+
+@requires_cuda
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_triton_half_precision(case, dtype):
+    _check('triton', case, 0.5, dtype=dtype, device='cuda', rtol=2e-2)
+
+
+@requires_cuda
+def test_triton_realistic_shape_and_no_sync_capture():
+    """A ResNet stage-3 block at 50x76 (S=7 does not divide) and a CUDA-graph capture."""
+    block = make_block(1024, 256, 7, 1, False).cuda().half()
+    x = torch.randn(2, 1024, 50, 76, device='cuda', dtype=torch.half)
+    coarse = coarse_for(block, x, 0.5)
+    with torch.no_grad():
+        ref = dense_masked_forward(block, x, coarse)
+        out = las_bottleneck_forward(block, x, coarse, 'triton')
+        assert_close_to_scale(out, ref, 2e-2)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = las_bottleneck_forward(block, x, coarse, 'triton')
+        coarse.copy_(coarse_for(block, x, 0.2, seed=5))  # new mask, same graph
+        graph.replay()
+        assert_close_to_scale(captured, dense_masked_forward(block, x, coarse), 2e-2)
+
+
+def test_public_api_sparse_equals_off():
+    torch.manual_seed(0)
+    backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='off').eval()
+    from ops_helpers import randomise_bn
+    randomise_bn(backbone)
+    x = torch.randn(2, 3, 97, 130)
+    with torch.no_grad():
+        with backbone.pinned_masks(0.5, seed=3):
+            ref = backbone(x)
+        backbone.sparse_inference = 'torch'
+        with backbone.pinned_masks(0.5, seed=3):
+            out = backbone(x)
+    for o, r in zip(out, ref):
+        assert_close_to_scale(o, r, 1e-4)
+
+
+def test_block_forward_dispatches_and_matches():
+    block = make_block(64, 16, 4, 2, True)
+    x = torch.randn(2, 64, 19, 23)
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    with torch.no_grad():
+        with block.masker.pin(0.5, gen()):
+            ref = block(x)
+        block.sparse_inference = 'torch'
+        with block.masker.pin(0.5, gen()):
+            out = block(x)
+    assert_close_to_scale(out, ref, 1e-4)
+
+
+def test_folded_weights_follow_parameter_changes():
+    block = make_block(64, 16, 2, 1, False)
+    x = torch.randn(1, 64, 8, 8)
+    coarse = coarse_for(block, x, 1.0)
+    with torch.no_grad():
+        las_bottleneck_forward(block, x, coarse, 'torch')
+        block.norm2.running_var.mul_(3.0)  # in place: the cache must notice
+        block.conv3.weight.add_(0.1)
+        out = las_bottleneck_forward(block, x, coarse, 'torch')
+        assert_close_to_scale(out, dense_masked_forward(block, x, coarse), 1e-4)
+
+
+def test_unsupported_block_falls_back_or_fails_clearly():
+    block = make_block(64, 16, 2, 2, True, style='caffe')  # stride on conv1
+    x = torch.randn(1, 64, 8, 8)
+    coarse = coarse_for(block, x, 0.5)
+    with torch.no_grad():
+        out = las_bottleneck_forward(block, x, coarse, 'auto')
+        assert_close_to_scale(out, dense_masked_forward(block, x, coarse), 1e-6)
+        with pytest.raises(ValueError, match='caffe'):
+            las_bottleneck_forward(block, x, coarse, 'torch')
+
+
+def test_bad_inputs_name_the_bad_value():
+    block = make_block(64, 16, 2, 1, False)
+    x = torch.randn(1, 64, 8, 8)
+    coarse = coarse_for(block, x, 0.5)
+    with pytest.raises(ValueError, match="'cuda_fast'"):
+        las_bottleneck_forward(block, x, coarse, 'cuda_fast')
+    with pytest.raises(ValueError, match=r'\(1, 1, 3, 3\)'):
+        las_bottleneck_forward(block, x, coarse[:, :, :3, :3], 'torch')
+    with pytest.raises(ValueError, match='torch.int64'):
+        las_bottleneck_forward(block, x.long(), coarse, 'torch')
+    if not CUDA:
+        env = os.environ.pop('TRITON_INTERPRET', None)
+        try:
+            with pytest.raises(ValueError, match='CUDA tensors, got x on cpu'):
+                las_bottleneck_forward(block, x, coarse, 'triton')
+        finally:
+            if env is not None:
+                os.environ['TRITON_INTERPRET'] = env
+    with pytest.raises(ValueError, match='torch.float64'):
+        las_bottleneck_forward(block.double(), x.double().to(DEVICE) if CUDA else x.double(),
+                               coarse.double(), 'triton')
