@@ -9,11 +9,14 @@ LAS block of lasnet_mmdet.ops, a copy and a tiny op), fits the efficiency parame
 profile and prints predicted vs measured for each benchmark.
 """
 import argparse
+import json
 import sys
+from dataclasses import replace
 
 import torch
 
-from lasnet_mmdet.latency.calibrate import calibrate, log_errors
+from lasnet_mmdet.latency.calibrate import (calibrate, fit_efficiency, load_measurements,
+                                            log_errors, save_measurements)
 from lasnet_mmdet.latency.hardware import ProfileError, load_profile
 from lasnet_mmdet.latency.predictor import SCHEDULES, kernels_time
 
@@ -28,11 +31,14 @@ def parse_args(argv=None):
     parser.add_argument('--shape', nargs=2, type=int, default=(800, 1216), metavar=('H', 'W'))
     parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'triton'))
     parser.add_argument('--schedule', choices=sorted(SCHEDULES),
-                        help='schedule the sparse backend runs (default: fused on CUDA with '
-                        'Triton, torch otherwise)')
+                        help='schedule the sparse backend runs (default: rows, i.e. the '
+                        'Triton kernels, on CUDA; torch otherwise)')
     parser.add_argument('--dense-only', action='store_true',
                         help='skip the sparse LAS block benchmarks')
     parser.add_argument('--out', required=True, help='profile JSON to write')
+    parser.add_argument('--save-measurements', help='also write the raw measurements here')
+    parser.add_argument('--from-measurements',
+                        help='refit from saved measurements instead of measuring')
     return parser.parse_args(argv)
 
 
@@ -47,10 +53,22 @@ def main(argv=None):
     schedule = args.schedule
     if schedule is None:
         cuda_triton = (torch.device(args.device).type == 'cuda' and args.backend != 'torch')
-        schedule = 'fused' if cuda_triton else 'torch'
-    profile, benches, rms = calibrate(args.device, args.dtype, base, tuple(args.shape),
-                                      args.backend, False if args.dense_only else None,
-                                      args.name, schedule=schedule)
+        schedule = 'rows' if cuda_triton else 'torch'
+    if args.from_measurements:
+        with open(args.from_measurements) as f:
+            saved = load_profile(json.load(f)['profile'])
+        base = replace(base or saved, schedule=schedule if args.schedule else saved.schedule,
+                       dtype=args.dtype or saved.dtype, name=args.name or saved.name)
+        benches = load_measurements(args.from_measurements, base.dtype, base.schedule)
+        profile, rms = fit_efficiency(base, benches)
+        profile = replace(profile, notes=saved.notes.split('; calibrated')[0]
+                          + f'; refitted from {args.from_measurements} (rms log error {rms:.3f})')
+    else:
+        profile, benches, rms = calibrate(args.device, args.dtype, base, tuple(args.shape),
+                                          args.backend, False if args.dense_only else None,
+                                          args.name, schedule=schedule)
+        if args.save_measurements:
+            save_measurements(args.save_measurements, benches, profile)
     print(f'{"benchmark":<44}{"measured ms":>12}{"predicted":>11}{"error":>8}')
     for bench, err in zip(benches, log_errors(profile, benches)):
         pred = kernels_time(bench.kernels, profile)

@@ -89,7 +89,7 @@ def main(argv=None):
             block = make_block(shape, S, device, dtype)
             for r in args.rates:
                 meas = measure_las_block(shape, S, r, device, dtype, args.backend, block,
-                                         warmup=1, repeats=args.repeats)
+                                         warmup=1, repeats=args.repeats, min_seconds=0.02)
                 pred = predict_las_block(shape, S, r, profile, schedule, dtype)
                 rows.append(dict(stage=stage + 1, S=S, r=r, measured_ms=meas * 1e3,
                                  predicted_ms=pred * 1e3))

@@ -14,18 +14,21 @@ and fits the efficiencies by minimising the squared log-ratio of predicted to me
 (a derivative-free pattern search: a few parameters, a few dozen points, no SciPy needed).
 Adding a benchmark is one entry in ``micro_benchmarks``: a callable and its kernels.
 """
+import json
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .hardware import EFFICIENCY_BOUNDS, HardwareProfile, get_preset, load_profile
+from .hardware import (DTYPE_BYTES, EFFICIENCY_BOUNDS, HardwareProfile, get_preset,
+                       load_profile)
 from .measure import (TORCH_DTYPES, make_block, measure_las_block, measure_static_block,
                       stage_block_shape, time_fn)
-from .predictor import Kernel, _conv, get_schedule, kernels_time, las_kernels, static_kernels
+from .predictor import (BlockShape, Kernel, _conv, get_schedule, kernels_time, las_kernels,
+                        static_kernels)
 
 FIT_KEYS = ('compute', 'memory', 'gather', 'small_dim', 'launch_us')
 # Offsets so that parameters whose best value may be 0 live on a log scale too.
@@ -37,6 +40,42 @@ class Benchmark:
     name: str
     kernels: list
     measured_s: float
+    spec: dict = None  # what was measured, to rebuild ``kernels`` (see ``kernels_for``)
+
+
+def kernels_for(spec, dtype, schedule):
+    """The predictor's kernels of a benchmark ``spec`` (saved measurements can be refitted)."""
+    b = DTYPE_BYTES[dtype]
+    op = spec['op']
+    if op == 'tiny':
+        return [Kernel('tiny', bytes=2 * b)]
+    if op == 'copy':
+        return [Kernel('copy', bytes=2 * spec['numel'] * b)]
+    if op == 'conv':
+        h, w, cin, cout, k = (spec[key] for key in ('h', 'w', 'cin', 'cout', 'k'))
+        return [_conv(f'conv{k}x{k}', h * w, cout, cin * k * k, h * w * cin, h * w * cout, b)]
+    shape = BlockShape(**spec['shape'])
+    if op == 'static_block':
+        return static_kernels(shape, dtype)
+    if op == 'las_block':
+        return las_kernels(shape, spec['S'], spec['r'], schedule, dtype)
+    raise ValueError(f'unknown benchmark op {op!r}')
+
+
+def save_measurements(path, benches, profile):
+    """The raw measurements and the profile they were fitted into, as JSON."""
+    with open(path, 'w') as f:
+        json.dump(dict(profile=profile.to_dict(),
+                       benchmarks=[dict(name=b.name, measured_s=b.measured_s, spec=b.spec)
+                                   for b in benches]), f, indent=1)
+
+
+def load_measurements(path, dtype, schedule):
+    with open(path) as f:
+        data = json.load(f)
+    schedule = get_schedule(schedule).replace(with_masker=False)
+    return [Benchmark(d['name'], kernels_for(d['spec'], dtype, schedule), d['measured_s'],
+                      d['spec']) for d in data['benchmarks']]
 
 
 # --- device description -----------------------------------------------------------------------
@@ -91,24 +130,25 @@ def conv_benchmarks(shape_hw, device, dtype):
         x = torch.randn(1, cin, h, w, device=device, dtype=TORCH_DTYPES[dtype])
         weight = torch.randn(cout, cin, k, k, device=device, dtype=TORCH_DTYPES[dtype]) * 0.01
         seconds = time_fn(lambda: F.conv2d(x, weight, padding=k // 2), device, 2, 5, 0.05)
-        kernel = _conv(f'conv{k}x{k} {cin}->{cout} @{h}x{w}', h * w, cout, cin * k * k,
-                       h * w * cin, h * w * cout, b)
-        out.append(Benchmark(kernel.name, [kernel], seconds))
+        spec = dict(op='conv', cin=cin, cout=cout, k=k, h=h, w=w)
+        out.append(Benchmark(f'conv{k}x{k} {cin}->{cout} @{h}x{w}',
+                             kernels_for(spec, dtype, None), seconds, spec))
     return out
 
 
 def memory_benchmarks(device, dtype, numel=None):
     """A tiny op (fixed cost per launch) and a large copy (bandwidth)."""
     tdtype = TORCH_DTYPES[dtype]
-    b = torch.tensor([], dtype=tdtype).element_size()
     numel = numel or (64 * 2**20 // b if torch.device(device).type == 'cuda' else 8 * 2**20)
     tiny = torch.zeros(1, device=device, dtype=tdtype)
     big = torch.randn(numel, device=device, dtype=tdtype)
     dst = torch.empty_like(big)
-    return [Benchmark('tiny op', [Kernel('tiny', bytes=2 * b)],
-                      time_fn(lambda: tiny.add_(1), device, 10, 50, 0.05)),
-            Benchmark(f'copy {numel * b / 2**20:.0f} MiB', [Kernel('copy', bytes=2 * numel * b)],
-                      time_fn(lambda: dst.copy_(big), device, 3, 10, 0.05))]
+    tiny_spec, copy_spec = dict(op='tiny'), dict(op='copy', numel=numel)
+    return [Benchmark('tiny op', kernels_for(tiny_spec, dtype, None),
+                      time_fn(lambda: tiny.add_(1), device, 10, 50, 0.05), tiny_spec),
+            Benchmark(f'copy {numel * big.element_size() / 2**20:.0f} MiB',
+                      kernels_for(copy_spec, dtype, None),
+                      time_fn(lambda: dst.copy_(big), device, 3, 10, 0.05), copy_spec)]
 
 
 def block_benchmarks(shape_hw, device, dtype, schedule, backend='auto',
@@ -119,16 +159,19 @@ def block_benchmarks(shape_hw, device, dtype, schedule, backend='auto',
     for stage in stages:
         shape = stage_block_shape(stage, *shape_hw)
         block = make_block(shape, 1, device, dtype)
-        out.append(Benchmark(f'static block layer{stage + 1}', static_kernels(shape, dtype),
-                             measure_static_block(shape, device, dtype, block, 1, 3, 0.05)))
+        spec = dict(op='static_block', shape=asdict(shape))
+        out.append(Benchmark(f'static block layer{stage + 1}', kernels_for(spec, dtype, schedule),
+                             measure_static_block(shape, device, dtype, block, 1, 3, 0.05),
+                             spec))
         if not sparse:
             continue
         for S, rate in points:
             block = make_block(shape, S, device, dtype)
             seconds = measure_las_block(shape, S, rate, device, dtype, backend, block, 1, 3,
                                         0.05)
+            spec = dict(op='las_block', shape=asdict(shape), S=S, r=rate)
             out.append(Benchmark(f'LAS block layer{stage + 1} S={S} r={rate}',
-                                 las_kernels(shape, S, rate, schedule, dtype), seconds))
+                                 kernels_for(spec, dtype, schedule), seconds, spec))
     return out
 
 
@@ -213,7 +256,7 @@ def calibrate(device='cpu', dtype=None, base=None, shape_hw=(800, 1216), backend
     dtype = dtype or ('fp16' if device.type == 'cuda' else 'fp32')
     from dataclasses import replace
     if schedule is None:
-        schedule = 'fused' if device.type == 'cuda' and backend != 'torch' else 'torch'
+        schedule = 'rows' if device.type == 'cuda' and backend != 'torch' else 'torch'
     base = replace(base, dtype=dtype, name=name or base.name, schedule=schedule)
     schedule = get_schedule(schedule).replace(with_masker=False)  # masks are pinned
     benches = micro_benchmarks(str(device), dtype, shape_hw, schedule, backend, sparse, log)

@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 
 from .hardware import DTYPE_BYTES, load_profile
 
-INDEX_OPS = 8  # small ops that turn a coarse mask into row lists
 # Per-block small ops of LASResNet's forward around the sparse kernels (mask upsampling and
 # dilation for its statistics, the masker or a pinned mask): counted in backbone predictions.
 BOOKKEEPING_OPS = 14
@@ -51,6 +50,7 @@ class Schedule:
     bn_folded: bool = True
     epilogue_fused: bool = True    # bias + ReLU inside the GEMM (else a pass of their own)
     dense_conv1_above: float = 1.0  # run conv1 densely above this needed-row fraction
+    index_ops: int = 2             # launches that turn the coarse mask into row lists
     with_masker: bool = True       # False when masks are given (pinned), as in benchmarks
 
     def replace(self, **kwargs):
@@ -61,11 +61,14 @@ SCHEDULES = {
     # LASNet's schedule (LAUDNet simulator): per-patch kernels, conv1 on each patch's haloed
     # window, gather in the conv, scatter + add + ReLU fused, masker fused, BN folded.
     'fused': Schedule(),
-    # The same fusions on pixel rows (implicit GEMM over row indices, no halo recompute).
+    # lasnet_mmdet.ops Triton backend: the same fusions on pixel rows (implicit GEMMs over
+    # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3).
     'rows': Schedule(patch_tiles=False),
-    # lasnet_mmdet.ops torch backend: row GEMMs, explicit gathers, index_add, ReLU passes.
+    # lasnet_mmdet.ops torch backend: row GEMMs, explicit gathers, index_add, ReLU passes,
+    # some 25 small ops to build the row lists.
     'torch': Schedule(patch_tiles=False, gather_in_conv=False, fused_scatter=False,
-                      masker_fused=False, epilogue_fused=False, dense_conv1_above=0.75),
+                      masker_fused=False, epilogue_fused=False, dense_conv1_above=0.75,
+                      index_ops=25),
 }
 
 
@@ -271,7 +274,7 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
     ks = []
     if shape.downsample:
         ks.append(_conv('downsample', out_px, cout, cin, out_px * cin, dense_out, b))
-        if not schedule.bn_folded:
+        if not schedule.bn_folded or not schedule.fused_scatter:  # torch: the module as built
             ks.append(_eltwise('downsample.bn', dense_out, b))
     elif not schedule.fused_scatter:
         ks.append(_eltwise('residual_copy', dense_out, b))
@@ -306,8 +309,9 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
     n1, n2 = las_rows(shape, granularity, rate, exact)
     in_px, out_px = B * shape.in_h * shape.in_w, B * out_h * out_w
     # Mask upsampling, dilation, nonzero and the taps' row lists (int64) in small ops.
-    ks = _masker_and_indices(shape, granularity, schedule, b,
-                             8 * (in_px + out_px) + 3 * 8 * 9 * n2, INDEX_OPS)
+    taps = 0 if schedule.gather_in_conv else 3 * 8 * 9 * n2  # int64 tap lists, built on host
+    ks = _masker_and_indices(shape, granularity, schedule, b, 8 * (in_px + out_px) + taps,
+                             schedule.index_ops)
     if n1 > schedule.dense_conv1_above * in_px:
         ks += _gemm('conv1', in_px, mid, cin, in_px * cin, schedule, b)
     elif schedule.gather_in_conv:
@@ -342,7 +346,8 @@ def _patch_kernels(shape, granularity, rate, schedule, dtype, exact):
     win = (S - 1) * s + 3
     px1, px2 = n_p * win * win, n_p * S * S
     pad = lambda rows: n_p * math.ceil(rows / mma_m) * mma_m  # noqa: E731
-    ks = _masker_and_indices(shape, S, schedule, b, 8 * shape.batch * shape.cells(S), 2)
+    ks = _masker_and_indices(shape, S, schedule, b, 8 * shape.batch * shape.cells(S),
+                             schedule.index_ops)
     if schedule.gather_in_conv:
         ks += _gemm('conv1', px1, mid, cin, px1 * cin, schedule, b, gathered=True,
                     m_pad=pad(win * win))
