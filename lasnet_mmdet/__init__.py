@@ -2,7 +2,7 @@
 
 Importing the package registers ``LASResNet`` (MODELS) and ``LatencyLossHook`` /
 ``LASReportHook`` (HOOKS) into mmdet's registries, and lets mmengine load its own
-checkpoints under torch >= 2.6.
+checkpoints under torch >= 2.6 and run DDP (gloo) on machines without CUDA.
 """
 import mmdet
 import mmengine
@@ -16,8 +16,10 @@ if digit_version(mmengine.__version__) < digit_version('0.10.0'):
     raise ImportError(f'lasnet_mmdet needs mmengine >= 0.10, found {mmengine.__version__}')
 
 from .utils.checkpoint import register_checkpoint_loader  # noqa: E402
+from .utils.cpu_distributed import enable_cpu_distributed  # noqa: E402
 
 register_checkpoint_loader()
+enable_cpu_distributed()
 
 from . import engine, models  # noqa: E402,F401  (registers modules and hooks)
 
