@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import torch
 
+from lasnet_mmdet.latency import measure
 from lasnet_mmdet.latency.calibrate import (calibrate, fit_efficiency, load_measurements,
                                             log_errors, save_measurements)
 from lasnet_mmdet.latency.hardware import ProfileError, load_profile
@@ -30,6 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('--name', help='profile name (default: the preset\'s / cpu-<threads>t)')
     parser.add_argument('--shape', nargs=2, type=int, default=(800, 1216), metavar=('H', 'W'))
     parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'triton'))
+    parser.add_argument('--cuda-graphs', action='store_true',
+                        help='time CUDA graph replays (GPU time, no host launch overhead)')
     parser.add_argument('--schedule', choices=sorted(SCHEDULES),
                         help='schedule the sparse backend runs (default: rows, i.e. the '
                         'Triton kernels, on CUDA; torch otherwise)')
@@ -44,6 +47,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    measure.CUDA_GRAPHS = args.cuda_graphs
     base = None
     if args.preset:
         try:

@@ -54,6 +54,8 @@ def parse_args(argv=None):
     parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'),
                         help="default: the profile's")
     parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'triton'))
+    parser.add_argument('--cuda-graphs', action='store_true',
+                        help='time CUDA graph replays (GPU time, no host launch overhead)')
     parser.add_argument('--schedule', choices=sorted(SCHEDULES), help="default: the profile's")
     parser.add_argument('--shape', nargs=2, type=int, default=(800, 1216), metavar=('H', 'W'))
     parser.add_argument('--granularities', nargs='+', type=int, default=(1, 2, 4, 7, 8))
@@ -77,6 +79,7 @@ def main(argv=None):
     except ProfileError as e:
         sys.exit(f'error: {e}')
     measure.DEFAULT_STAT = args.stat
+    measure.CUDA_GRAPHS = args.cuda_graphs
     dtype = args.dtype or profile.dtype
     schedule = get_schedule(args.schedule, profile).replace(with_masker=False)  # pinned masks
     device = args.device
@@ -101,7 +104,8 @@ def main(argv=None):
     result = dict(device=(torch.cuda.get_device_name(device) if 'cuda' in str(device) else
                           f'cpu ({torch.get_num_threads()} threads)'),
                   profile=profile.name, dtype=dtype, backend=args.backend,
-                  shape=list(args.shape), stat=args.stat, blocks=rows,
+                  shape=list(args.shape), stat=args.stat, cuda_graphs=args.cuda_graphs,
+                  blocks=rows,
                   mape=sum(abs(p / m - 1) for p, m in zip(pred, meas)) / len(rows),
                   spearman=spearman(pred, meas))
     if not args.no_backbone:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .hardware import (DTYPE_BYTES, EFFICIENCY_BOUNDS, HardwareProfile, get_preset,
                        load_profile)
+from . import measure
 from .measure import (TORCH_DTYPES, make_block, measure_las_block, measure_static_block,
                       stage_block_shape, time_fn)
 from .predictor import (BlockShape, Kernel, _conv, get_schedule, kernels_time, las_kernels,
@@ -139,6 +140,7 @@ def conv_benchmarks(shape_hw, device, dtype):
 def memory_benchmarks(device, dtype, numel=None):
     """A tiny op (fixed cost per launch) and a large copy (bandwidth)."""
     tdtype = TORCH_DTYPES[dtype]
+    b = torch.tensor([], dtype=tdtype).element_size()
     numel = numel or (64 * 2**20 // b if torch.device(device).type == 'cuda' else 8 * 2**20)
     tiny = torch.zeros(1, device=device, dtype=tdtype)
     big = torch.randn(numel, device=device, dtype=tdtype)
@@ -265,6 +267,7 @@ def calibrate(device='cpu', dtype=None, base=None, shape_hw=(800, 1216), backend
     device_name = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
                    f'{platform.machine()} CPU, {torch.get_num_threads()} threads')
     profile = replace(profile, notes=f'{base.notes}; calibrated {when} on {device_name} '
-                      f'({dtype}, {len(benches)} benchmarks at {shape_hw[0]}x{shape_hw[1]}, '
+                      f'({dtype}, {len(benches)} benchmarks at {shape_hw[0]}x{shape_hw[1]}'
+                      f'{", CUDA graphs" if measure.CUDA_GRAPHS else ""}, '
                       f'rms log error {rms:.3f}, torch {torch.__version__})')
     return profile, benches, rms

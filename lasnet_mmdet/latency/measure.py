@@ -6,6 +6,7 @@ block goes through the public entry point of the ops, ``las_bottleneck_forward``
 """
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -22,12 +23,47 @@ def _sync(device):
 # 'median' as tools/benchmark_latency.py; 'min' is robust to other processes on a shared CPU.
 STATISTIC = {'median': statistics.median, 'min': min}
 DEFAULT_STAT = 'median'
+# On CUDA, time replays of a captured CUDA graph: the GPU's time without the host's launch
+# overhead, which at batch 1 in eager mode hides everything the kernels do.
+CUDA_GRAPHS = False
+
+
+@torch.no_grad()
+def time_graph(fn, device, warmup=3, repeats=5, replays=20, stat=None):
+    """Seconds per replay of ``fn`` captured in a CUDA graph (``stat`` over ``repeats``
+    batches of ``replays`` back-to-back replays, timed with CUDA events)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up (and Triton autotuning) outside the capture
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize(device)
+    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+    times = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / replays)
+    del graph
+    return STATISTIC[stat or DEFAULT_STAT](times)
 
 
 @torch.no_grad()
 def time_fn(fn, device='cpu', warmup=2, repeats=5, min_seconds=0.0, stat=None):
     """Median (or ``stat``) seconds of ``fn()`` after ``warmup`` calls (at least ``repeats``
-    timed calls, more until ``min_seconds`` of timing has passed, for very short ops)."""
+    timed calls, more until ``min_seconds`` of timing has passed, for very short ops).
+    Under ``CUDA_GRAPHS`` on a CUDA device: ``time_graph``."""
+    if CUDA_GRAPHS and torch.device(device).type == 'cuda':
+        return time_graph(fn, device, max(warmup, 2), max(repeats, 5), stat=stat)
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -113,13 +149,37 @@ def make_backbones(depth=101, granularity=(4, 4, 2, 1), device='cpu', dtype='fp3
     return dense, las
 
 
+@contextmanager
+def fixed_masks(model, x, rate):
+    """Every masker of ``model`` returns the device tensor a pinned forward at ``rate`` drew,
+    so timed forwards do no host-side mask drawing and can be captured in a CUDA graph."""
+    masks = {}
+    hooks = [block.masker.register_forward_hook(
+        lambda module, args, out, name=name: masks.__setitem__(name, out))
+        for name, block in model.las_blocks()]
+    try:
+        with model.pinned_masks(rate):
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, block in model.las_blocks():
+        block.masker.forward = lambda *args, mask=masks[name], **kwargs: mask
+    try:
+        yield model
+    finally:
+        for _, block in model.las_blocks():
+            del block.masker.forward
+
+
+@torch.no_grad()
 def measure_backbone(model, in_h, in_w, rate=None, batch=1, device='cpu', dtype='fp32',
                      warmup=1, repeats=3):
-    """Median seconds of a backbone forward; a LASResNet runs at pinned masks of ``rate``."""
+    """Median seconds of a backbone forward; a LASResNet runs at fixed masks of ``rate``."""
     x = torch.randn(batch, 3, in_h, in_w, device=device, dtype=TORCH_DTYPES[dtype])
     if rate is None:
         return time_fn(lambda: model(x), device, warmup, repeats)
-    with model.pinned_masks(rate):
+    with fixed_masks(model, x, rate):
         return time_fn(lambda: model(x), device, warmup, repeats)
 
 

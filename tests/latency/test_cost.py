@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lasnet_mmdet.latency.cost import LatencyCost, piecewise_linear
+from lasnet_mmdet.latency.hardware import PRESETS
 from lasnet_mmdet.latency.predictor import predict_backbone
 from lasnet_mmdet.models.backbones.las_resnet import LASResNet
 
@@ -21,7 +22,9 @@ def test_latency_cost_of_a_backbone_forward():
     backbone = LASResNet(50, granularity=(4, 4, 2, 1), sparse_inference='off')
     backbone.train()
     backbone(torch.randn(1, 3, 64, 96))
-    cost = LatencyCost('v100')
+    # At this tiny size every V100 kernel would be launch-bound (a flat cost): no launches.
+    v100 = PRESETS['v100'].with_efficiency(launch_us=0.0)
+    cost = LatencyCost(v100)
     ratio = cost.ratio(backbone)
     ratio.backward()
     assert 0 < ratio.item() < 1.5
@@ -32,9 +35,9 @@ def test_latency_cost_of_a_backbone_forward():
     for _, block in backbone.las_blocks():
         block.stats['rate'] = torch.tensor(1.0)
     predicted, static = cost(backbone)
-    full = predict_backbone('v100', 64, 96, (4, 4, 2, 1), 1.0, depth=50, exact=False)
+    full = predict_backbone(v100, 64, 96, (4, 4, 2, 1), 1.0, depth=50, exact=False)
     assert predicted.item() == pytest.approx(full['total'], rel=1e-6)
-    assert static == pytest.approx(predict_backbone('v100', 64, 96, depth=50)['total'])
+    assert static == pytest.approx(predict_backbone(v100, 64, 96, depth=50)['total'])
 
 
 def test_latency_loss_hook_with_latency_cost():

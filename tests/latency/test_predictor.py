@@ -34,7 +34,7 @@ def test_las_block_grows_with_rate(preset, schedule):
     times = [predict_las_block(STAGE3, 4, r / 10, preset, schedule) for r in range(11)]
     if schedule != 'torch':  # the torch backend switches conv1 to dense above 75% rows
         assert all(b >= a * 0.999 for a, b in zip(times, times[1:]))
-    assert times[0] < 0.8 * times[-1]
+    assert times[0] < times[-1]
 
 
 def test_wave_quantisation():
