@@ -31,6 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('--name', help='profile name (default: the preset\'s / cpu-<threads>t)')
     parser.add_argument('--shape', nargs=2, type=int, default=(800, 1216), metavar=('H', 'W'))
     parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'triton'))
+    parser.add_argument('--stat', choices=('median', 'min'), default='median',
+                        help="'min' is robust to other processes on a shared CPU")
     parser.add_argument('--cuda-graphs', action='store_true',
                         help='time CUDA graph replays (GPU time, no host launch overhead)')
     parser.add_argument('--schedule', choices=sorted(SCHEDULES),
@@ -48,6 +50,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     measure.CUDA_GRAPHS = args.cuda_graphs
+    measure.DEFAULT_STAT = args.stat
     base = None
     if args.preset:
         try:

@@ -59,3 +59,15 @@ def test_json_round_trip(tmp_path):
     path = tmp_path / 'a100.json'
     profile.save(path)
     assert load_profile(str(path)) == profile
+
+
+def test_bundled_calibrated_profiles_load():
+    import glob
+    import os.path as osp
+
+    from lasnet_mmdet.latency.hardware import PROFILE_DIR
+    paths = glob.glob(osp.join(PROFILE_DIR, '*.json'))
+    assert paths
+    for path in paths:
+        name = osp.splitext(osp.basename(path))[0]
+        assert load_profile(name) == load_profile(path)
