@@ -69,6 +69,8 @@ def parse_args(argv=None):
     parser.add_argument('--stat', choices=sorted(measure.STATISTIC), default='median',
                         help="'min' is robust to other processes on a shared CPU")
     parser.add_argument('--json', help='write the results here')
+    parser.add_argument('--measured', help='reuse the measurements of an earlier --json '
+                        '(predict only: e.g. a refitted profile against the same runs)')
     return parser.parse_args(argv)
 
 
@@ -85,14 +87,28 @@ def main(argv=None):
     device = args.device
     t0 = time.perf_counter()
     rows = []
+    saved = None
+    if args.measured:
+        with open(args.measured) as f:
+            saved = json.load(f)
+        args.shape = saved['shape']
+        args.no_backbone = args.no_backbone or 'backbone' not in saved
+        measured = {(b['stage'] - 1, b['S'], b['r']): b['measured_ms'] / 1e3
+                    for b in saved['blocks']}
+        args.stages = sorted({k[0] for k in measured})
+        args.granularities = sorted({k[1] for k in measured})
+        args.rates = sorted({k[2] for k in measured})
     print(f'{"stage":<7}{"S":>3}{"r":>5}{"measured ms":>13}{"predicted":>11}{"error":>8}')
     for stage in args.stages:
         shape = stage_block_shape(stage, *args.shape)
         for S in args.granularities:
-            block = make_block(shape, S, device, dtype)
+            block = None if saved else make_block(shape, S, device, dtype)
             for r in args.rates:
-                meas = measure_las_block(shape, S, r, device, dtype, args.backend, block,
-                                         warmup=1, repeats=args.repeats, min_seconds=0.02)
+                if saved:
+                    meas = measured[(stage, S, r)]
+                else:
+                    meas = measure_las_block(shape, S, r, device, dtype, args.backend, block,
+                                             warmup=1, repeats=args.repeats, min_seconds=0.02)
                 pred = predict_las_block(shape, S, r, profile, schedule, dtype)
                 rows.append(dict(stage=stage + 1, S=S, r=r, measured_ms=meas * 1e3,
                                  predicted_ms=pred * 1e3))
@@ -101,19 +117,27 @@ def main(argv=None):
             del block
     meas = [row['measured_ms'] for row in rows]
     pred = [row['predicted_ms'] for row in rows]
-    result = dict(device=(torch.cuda.get_device_name(device) if 'cuda' in str(device) else
-                          f'cpu ({torch.get_num_threads()} threads)'),
+    result = dict(device=saved['device'] if saved else (
+                      torch.cuda.get_device_name(device) if 'cuda' in str(device) else
+                      f'cpu ({torch.get_num_threads()} threads)'),
                   profile=profile.name, dtype=dtype, backend=args.backend,
-                  shape=list(args.shape), stat=args.stat, cuda_graphs=args.cuda_graphs,
+                  shape=list(args.shape), stat=saved.get('stat') if saved else args.stat,
+                  cuda_graphs=saved.get('cuda_graphs', False) if saved else args.cuda_graphs,
+                  measured_in=args.measured,
                   blocks=rows,
                   mape=sum(abs(p / m - 1) for p, m in zip(pred, meas)) / len(rows),
                   spearman=spearman(pred, meas))
     if not args.no_backbone:
         g, r = tuple(args.backbone_granularity), args.backbone_rate
-        dense, las = make_backbones(101, g, device, dtype, args.backend)
-        m_static = measure_backbone(dense, *args.shape, None, 1, device, dtype)
-        del dense
-        m_las = measure_backbone(las, *args.shape, r, 1, device, dtype)
+        if saved:
+            b = saved['backbone']
+            g, r = tuple(b['granularity']), b['rate']
+            m_static, m_las = b['static_measured_ms'] / 1e3, b['measured_ms'] / 1e3
+        else:
+            dense, las = make_backbones(101, g, device, dtype, args.backend)
+            m_static = measure_backbone(dense, *args.shape, None, 1, device, dtype)
+            del dense
+            m_las = measure_backbone(las, *args.shape, r, 1, device, dtype)
         p_static = predict_backbone(profile, *args.shape, None, dtype=dtype)['total']
         p_las = predict_backbone(profile, *args.shape, g, r, schedule=schedule,
                                  dtype=dtype, bookkeeping=True)['total']

@@ -31,7 +31,8 @@ from .measure import (TORCH_DTYPES, make_block, measure_las_block, measure_stati
 from .predictor import (BlockShape, Kernel, _conv, get_schedule, kernels_time, las_kernels,
                         static_kernels)
 
-FIT_KEYS = ('compute', 'memory', 'gather', 'small_dim', 'launch_us')
+FIT_KEYS = {'cpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us', 'layout', 'alloc'),
+            'gpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us')}
 # Offsets so that parameters whose best value may be 0 live on a log scale too.
 _LOG_OFFSET = dict(small_dim=1.0, launch_us=0.1)
 
@@ -97,15 +98,21 @@ def cpu_base_profile(name=None):
     ghz = max(mhz) / 1e3 if mhz else 2.5
     # fp32 FLOP per cycle per core: 2 FMA units x SIMD lanes x 2.
     per_cycle = 64 if ' avx512f' in flags else 32 if ' fma' in flags else 16
-    x = torch.empty(64 * 2**20 // 4)
-    copy_s = time_fn(lambda: torch.empty_like(x).copy_(x), 'cpu', 1, 5)
-    gbps = 2 * x.numel() * 4 / copy_s / 1e9
+    cores = torch.get_num_threads()
+    # The listed clock is not the turbo clock: a large GEMM bounds the peak from below.
+    a = torch.randn(2048, 2048)
+    gemm_gflops = 2 * 2048**3 / time_fn(lambda: a @ a, 'cpu', 1, 3, stat='min') / 1e9
+    core_gflops = max(ghz * per_cycle, gemm_gflops / cores / 0.9)
+    src = torch.randn(32 * 2**20)  # 128 MiB: beyond the caches
+    dst = torch.empty_like(src)
+    copy_s = time_fn(lambda: dst.copy_(src), 'cpu', 1, 5, stat='min')
+    gbps = 2 * src.numel() * 4 / copy_s / 1e9
     return HardwareProfile(
-        name=name or f'cpu-{torch.get_num_threads()}t', kind='cpu', dtype='fp32',
-        cores=torch.get_num_threads(), core_gflops=round(ghz * per_cycle, 1),
-        dram_gbps=round(gbps / 0.8, 1),
-        notes=f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, '
-              f'{ghz:.2f} GHz x {per_cycle} FLOP/cycle; bandwidth from a copy')
+        name=name or f'cpu-{cores}t', kind='cpu', dtype='fp32', cores=cores,
+        core_gflops=round(core_gflops, 1), dram_gbps=round(gbps / 0.9, 1),
+        notes=f'{platform.processor() or platform.machine()}, {cores} threads, listed '
+              f'{ghz:.2f} GHz x {per_cycle} FLOP/cycle, GEMM {gemm_gflops:.0f} GFLOP/s; '
+              f'bandwidth from a 128 MiB copy')
 
 
 def gpu_base_profile(device='cuda'):
@@ -141,7 +148,7 @@ def memory_benchmarks(device, dtype, numel=None):
     """A tiny op (fixed cost per launch) and a large copy (bandwidth)."""
     tdtype = TORCH_DTYPES[dtype]
     b = torch.tensor([], dtype=tdtype).element_size()
-    numel = numel or (64 * 2**20 // b if torch.device(device).type == 'cuda' else 8 * 2**20)
+    numel = numel or 128 * 2**20 // b  # beyond the caches
     tiny = torch.zeros(1, device=device, dtype=tdtype)
     big = torch.randn(numel, device=device, dtype=tdtype)
     dst = torch.empty_like(big)
@@ -209,7 +216,7 @@ def log_errors(profile, benches, dtype=None):
 
 def fit_efficiency(profile, benches, keys=None, dtype=None, iters=400):
     """Efficiencies minimising the mean squared log error over ``benches`` (pattern search)."""
-    keys = tuple(keys or FIT_KEYS)
+    keys = tuple(keys or FIT_KEYS[profile.kind])
     lows = {k: max(EFFICIENCY_BOUNDS[k][0], 1e-4) for k in keys}
     highs = {k: EFFICIENCY_BOUNDS[k][1] for k in keys}
 

@@ -26,9 +26,15 @@ DTYPE_BYTES = {'fp32': 4, 'fp16': 2, 'bf16': 2}
 #   gather:       bandwidth of indexed (patch) reads/writes relative to streaming ones
 #   small_dim:    GEMM dimension at which the efficiency halves (narrow GEMMs are slow)
 #   launch_us:    fixed cost per kernel / eager op (launch, dispatch, Python)
-DEFAULT_EFFICIENCY = dict(compute=0.6, memory=0.8, gather=0.5, small_dim=0.0, launch_us=5.0)
+#   layout:       bandwidth of the layout conversions (NCHW <-> blocked) oneDNN wraps around
+#                 a CPU conv on NCHW tensors, relative to streaming (unused on GPUs)
+#   alloc:        rate of first-touch page faults of fresh large tensors on a CPU, relative
+#                 to streaming (unused on GPUs, whose caching allocator reuses memory)
+DEFAULT_EFFICIENCY = dict(compute=0.6, memory=0.8, gather=0.5, small_dim=0.0, launch_us=5.0,
+                          layout=0.5, alloc=0.2)
 EFFICIENCY_BOUNDS = dict(compute=(1e-3, 1.0), memory=(1e-3, 1.0), gather=(1e-3, 1.0),
-                         small_dim=(0.0, 4096.0), launch_us=(0.0, 1e4))
+                         small_dim=(0.0, 4096.0), launch_us=(0.0, 1e4), layout=(1e-3, 1.0),
+                         alloc=(1e-3, 1.0))
 
 
 class ProfileError(ValueError):
@@ -150,10 +156,11 @@ PRESETS = {
         efficiency=dict(compute=0.5, memory=0.8, gather=0.35, launch_us=5.0),
         notes='GeForce RTX 3090 (data sheet; fp16 tensor with fp32 accumulate); L2 estimated'),
     'tx2': HardwareProfile(
-        name='tx2', kind='gpu', dtype='fp16', sms=2, clock_ghz=1.30, fp32_tflops=0.665,
+        name='tx2', kind='gpu', dtype='fp32', sms=2, clock_ghz=1.30, fp32_tflops=0.665,
         tensor_tflops=1.33, dram_gbps=59.7, onchip_gbps=200.0, tile=64,
         efficiency=dict(compute=0.5, memory=0.7, gather=0.35, launch_us=20.0),
-        notes='Jetson TX2 (Pascal, 256 CUDA cores; no tensor cores: fp16 at 2x fp32)'),
+        notes='Jetson TX2 (Pascal, 256 CUDA cores; no tensor cores: fp16 at 2x fp32); fp32 by '
+              'default, as LASNet/LAUDNet measured and simulated it'),
 }
 ALIASES = {'jetson_tx2': 'tx2', 'jetson-tx2': 'tx2', 'rtx_3090': 'rtx3090',
            'rtx-3090': 'rtx3090', '3090': 'rtx3090'}

@@ -127,6 +127,8 @@ class Kernel:
     K: int = 0
     bytes: float = 0.0          # streamed DRAM traffic
     gathered_bytes: float = 0.0  # traffic through row indices
+    layout_bytes: float = 0.0   # CPU: NCHW <-> blocked conversions around a oneDNN conv
+    alloc_bytes: float = 0.0    # CPU: a fresh output too large for the heap (page faults)
     launches: int = 1           # ops it stands for (each pays the launch cost)
 
     @property
@@ -172,6 +174,9 @@ def kernel_time(kernel, profile, dtype=None):
     eff = profile.efficiency
     bandwidth = profile.dram_gbps * 1e9 * eff['memory']
     t_mem = kernel.bytes / bandwidth + kernel.gathered_bytes / (bandwidth * eff['gather'])
+    if profile.kind == 'cpu':
+        t_mem += kernel.layout_bytes / (bandwidth * eff['layout'])
+        t_mem += kernel.alloc_bytes / (bandwidth * eff['alloc'])
     t_work = max(_gemm_compute_s(kernel, profile, dtype), t_mem) if kernel.is_gemm else t_mem
     launch = 1e-6 * eff['launch_us'] * kernel.launches
     if profile.kind == 'gpu':
@@ -188,14 +193,27 @@ def kernels_time(kernels, profile, dtype=None):
 
 # --- lowering blocks to kernels ---------------------------------------------------------------
 
-def _conv(name, M, N, K, in_elems, out_elems, b):
-    """A dense conv as a GEMM kernel (streamed input, weights, output)."""
-    return Kernel(name, M, N, K, bytes=(in_elems + out_elems + N * K) * b)
+# glibc serves allocations above 32 MiB (its largest dynamic mmap threshold) with fresh pages
+# from the kernel, so each new tensor that large is paid again in page faults.
+MMAP_THRESHOLD = 32 * 2**20
 
 
-def _eltwise(name, elems, b, passes=2):
-    """A memory-bound op touching ``elems`` elements ``passes`` times (read + write = 2)."""
-    return Kernel(name, bytes=passes * elems * b)
+def _fresh(nbytes):
+    return nbytes if nbytes > MMAP_THRESHOLD else 0.0
+
+
+def _conv(name, M, N, K, in_elems, out_elems, b, nchw=True):
+    """A dense conv as a GEMM kernel (streamed input, weights, output); on NCHW tensors a
+    CPU conv also converts its input and output to and from oneDNN's blocked layout."""
+    layout = 2 * (in_elems + out_elems) * b if nchw else 0.0
+    return Kernel(name, M, N, K, bytes=(in_elems + out_elems + N * K) * b, layout_bytes=layout,
+                  alloc_bytes=_fresh(out_elems * b))
+
+
+def _eltwise(name, elems, b, passes=2, fresh=False):
+    """A memory-bound op touching ``elems`` elements ``passes`` times (read + write = 2);
+    ``fresh``: it writes a newly allocated tensor (else in place)."""
+    return Kernel(name, bytes=passes * elems * b, alloc_bytes=_fresh(elems * b) if fresh else 0.0)
 
 
 def static_kernels(shape, dtype='fp32', bn_folded=False):
@@ -210,7 +228,7 @@ def static_kernels(shape, dtype='fp32', bn_folded=False):
     def conv_bn(name, M, N, K, in_elems, relu=True):
         ks.append(_conv(name, M, N, K, in_elems, M * N, b))
         if not bn_folded:
-            ks.append(_eltwise(name + '.bn', M * N, b))
+            ks.append(_eltwise(name + '.bn', M * N, b, fresh=True))
             if relu:
                 ks.append(_eltwise(name + '.relu', M * N, b))
 
@@ -279,11 +297,12 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
     dense_out = out_px * cout
     ks = []
     if shape.downsample:
-        ks.append(_conv('downsample', out_px, cout, cin, out_px * cin, dense_out, b))
+        ks.append(_conv('downsample', out_px, cout, cin, out_px * cin, dense_out, b,
+                        nchw=False))  # channels-last in both backends
         if not schedule.bn_folded or not schedule.fused_scatter:  # torch: the module as built
-            ks.append(_eltwise('downsample.bn', dense_out, b))
+            ks.append(_eltwise('downsample.bn', dense_out, b, fresh=True))
     elif not schedule.fused_scatter:
-        ks.append(_eltwise('residual_copy', dense_out, b))
+        ks.append(_eltwise('residual_copy', dense_out, b, fresh=True))
     if schedule.fused_scatter:
         # Read residual + active rows, write the output, ReLU in the same pass.
         ks.append(Kernel('scatter_add_relu', bytes=2 * dense_out * b,
@@ -298,9 +317,9 @@ def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None):
     """A conv GEMM (+ its BN / ReLU passes when the schedule does not fuse them)."""
     ks = [Kernel(name, M if m_pad is None else m_pad, N, K,
                  bytes=(M * N + N * K + (0 if gathered else in_elems)) * b,
-                 gathered_bytes=in_elems * b if gathered else 0.0)]
+                 gathered_bytes=in_elems * b if gathered else 0.0, alloc_bytes=_fresh(M * N * b))]
     if not schedule.bn_folded:
-        ks.append(_eltwise(name + '.bn', M * N, b))
+        ks.append(_eltwise(name + '.bn', M * N, b, fresh=True))
     if not schedule.epilogue_fused:
         ks.append(_eltwise(name + '.relu', M * N, b))
     return ks
@@ -323,14 +342,16 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
     elif schedule.gather_in_conv:
         ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b, gathered=True)
     else:
-        ks.append(Kernel('gather1', bytes=n1 * cin * b, gathered_bytes=n1 * cin * b))
+        ks.append(Kernel('gather1', bytes=n1 * cin * b, gathered_bytes=n1 * cin * b,
+                         alloc_bytes=_fresh(n1 * cin * b)))
         ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b)
         ks.append(Kernel('scatter1', bytes=n1 * mid * b, gathered_bytes=n1 * mid * b))
     if schedule.gather_in_conv:
         # Implicit GEMM: the nine taps' re-reads hit on-chip memory; DRAM sees conv1's rows.
         ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True)
     else:
-        ks.append(Kernel('gather2', bytes=9 * n2 * mid * b, gathered_bytes=9 * n2 * mid * b))
+        ks.append(Kernel('gather2', bytes=9 * n2 * mid * b, gathered_bytes=9 * n2 * mid * b,
+                         alloc_bytes=_fresh(9 * n2 * mid * b)))
         ks += _gemm('conv2', n2, mid, 9 * mid, 9 * n2 * mid, schedule, b)
     ks += _gemm('conv3', n2, shape.out_channels, mid, n2 * mid,
                 schedule.replace(epilogue_fused=True), b)
