@@ -45,6 +45,36 @@ def spearman(a, b):
     return cov / var if var else float('nan')
 
 
+def compare_benchmark(path, profile, schedule, dtype):
+    """Predicted vs ``tools/benchmark_latency.py`` whole-backbone times (maskers computed,
+    masks pinned), at its rate and along its rate curve; CUDA-graph times when the profile was
+    calibrated under graphs and the benchmark has them."""
+    with open(path) as f:
+        bench = json.load(f)
+    shape, g = bench['shape'], tuple(bench['granularity'])
+    graphs = 'CUDA graphs' in profile.notes and 'cuda_graph' in bench
+    times = bench['cuda_graph'] if graphs else bench
+    sched = schedule.replace(with_masker=True)
+    kw = dict(batch=bench.get('batch', 1), dtype=dtype)
+
+    def predict(rate):
+        return 1e3 * predict_backbone(profile, *shape, g, rate, schedule=sched,
+                                      bookkeeping=True, **kw)['total']
+    static = 1e3 * predict_backbone(profile, *shape, None, **kw)['total']
+    out = dict(path=path, cuda_graphs=graphs, granularity=list(g), rate=bench['rate'],
+               dense_ms=times['dense_ms'], dense_predicted_ms=static,
+               sparse_ms=times['sparse_ms'], sparse_predicted_ms=predict(bench['rate']))
+    out['sparse_error'] = abs(out['sparse_predicted_ms'] / out['sparse_ms'] - 1)
+    out['dense_error'] = abs(static / out['dense_ms'] - 1)
+    if bench.get('curve') and not graphs:
+        out['curve'] = [dict(rate=c['rate'], sparse_ms=c['sparse_ms'],
+                             sparse_predicted_ms=predict(c['rate'])) for c in bench['curve']]
+    print(f'{path}: dense {out["dense_ms"]:.2f} ms (predicted {static:.2f}), sparse '
+          f'{"-".join(map(str, g))} r={bench["rate"]} {out["sparse_ms"]:.2f} ms (predicted '
+          f'{out["sparse_predicted_ms"]:.2f}){" [CUDA graphs]" if graphs else ""}')
+    return out
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     src = parser.add_mutually_exclusive_group(required=True)
@@ -69,6 +99,9 @@ def parse_args(argv=None):
     parser.add_argument('--stat', choices=sorted(measure.STATISTIC), default='median',
                         help="'min' is robust to other processes on a shared CPU")
     parser.add_argument('--json', help='write the results here')
+    parser.add_argument('--benchmark-json', nargs='+', default=(),
+                        help='JSON of tools/benchmark_latency.py: also compare the predicted '
+                        'whole backbone (maskers included) with its dense/sparse times')
     parser.add_argument('--measured', help='reuse the measurements of an earlier --json '
                         '(predict only: e.g. a refitted profile against the same runs)')
     return parser.parse_args(argv)
@@ -151,6 +184,9 @@ def main(argv=None):
               f'{p_static * 1e3:.2f} ms ({100 * (p_static / m_static - 1):+.1f}%)')
         print(f'backbone LAS {"-".join(map(str, g))} r={r}: measured {m_las * 1e3:.2f} ms, '
               f'predicted {p_las * 1e3:.2f} ms ({100 * (p_las / m_las - 1):+.1f}%)')
+    if args.benchmark_json:
+        result['benchmarks'] = [compare_benchmark(path, profile, schedule, dtype)
+                                for path in args.benchmark_json]
     result['seconds'] = time.perf_counter() - t0
     summary = {k: result[k] for k in ('mape', 'spearman', 'backbone_error',
                                       'static_backbone_error') if k in result}

@@ -285,7 +285,8 @@ def _masker_and_indices(shape, granularity, schedule, b, index_bytes, index_ops)
         if schedule.masker_fused:
             ks.append(Kernel('masker', bytes=shape.batch * shape.cells(granularity) * 2 * b))
         else:
-            ks.append(_eltwise('masker', in_px * shape.in_channels, b, passes=1))
+            # Average pooling over x, then a 1x1 conv to two logits per cell.
+            ks.append(Kernel('masker', bytes=in_px * shape.in_channels * b, launches=2))
     ks.append(Kernel('indices', bytes=index_bytes, launches=index_ops))
     return ks
 

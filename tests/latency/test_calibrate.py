@@ -55,3 +55,25 @@ def test_calibrate_and_eval_tools(tmp_path):
     assert len(data['blocks']) == 8
     for key in ('mape', 'spearman', 'backbone_error'):
         assert key in data and key in proc.stdout
+
+
+def test_eval_tool_reuses_measurements_and_compares_benchmarks(tmp_path):
+    blocks = [dict(stage=st, S=S, r=r, measured_ms=0.1 + 0.01 * st + 0.05 * r)
+              for st in (1, 4) for S in (1, 8) for r in (0.2, 0.8)]
+    saved = dict(device='x', shape=[256, 256], blocks=blocks,
+                 backbone=dict(granularity=[4, 4, 2, 1], rate=0.5, measured_ms=2.0,
+                               static_measured_ms=3.0))
+    bench = dict(shape=[256, 256], granularity=[4, 4, 2, 1], rate=0.5, batch=1, dense_ms=3.0,
+                 sparse_ms=2.0, curve=[dict(rate=0.3, sparse_ms=1.5)])
+    (tmp_path / 'saved.json').write_text(json.dumps(saved))
+    (tmp_path / 'bench.json').write_text(json.dumps(bench))
+    out = tmp_path / 'out.json'
+    subprocess.run([sys.executable, 'tools/eval_latency_predictor.py', '--preset', 'h100',
+                    '--measured', str(tmp_path / 'saved.json'), '--benchmark-json',
+                    str(tmp_path / 'bench.json'), '--json', str(out)],
+                   cwd=REPO, check=True, capture_output=True)
+    data = json.loads(out.read_text())
+    assert len(data['blocks']) == 8 and -1 <= data['spearman'] <= 1
+    assert data['backbone']['measured_ms'] == 2.0
+    b = data['benchmarks'][0]
+    assert b['sparse_predicted_ms'] > 0 and len(b['curve']) == 1
