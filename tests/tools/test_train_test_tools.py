@@ -2,6 +2,7 @@
 import glob
 import os
 import os.path as osp
+import pickle
 import subprocess
 import sys
 
@@ -72,6 +73,26 @@ def test_test_tool_reports_coco_and_las(trained, sample_coco, tmp_path):
         assert key in output, key
     assert osp.isfile(out)
     assert glob.glob(f'{tmp_path}/*/shown/*.png')
+
+
+def test_sparse_inference_gives_the_dense_masked_predictions(trained, sample_coco, tmp_path):
+    """The whole detector run with the sparse ops ('auto') and dense-masked ('off')."""
+    work_dir, _, _ = trained
+    predictions = {}
+    for mode in ('off', 'auto'):
+        out = str(tmp_path / f'{mode}.pkl')
+        run(['tools/test.py', DEMO, osp.join(work_dir, 'epoch_2.pth'), '--work-dir',
+             str(tmp_path / mode), '--out', out, '--cfg-options',
+             *as_cli(demo_options(sample_coco, max_epochs=2)),
+             'model.test_cfg.rcnn.score_thr=0.0',  # keep every box of the young model
+             f'model.backbone.sparse_inference={mode}'])
+        with open(out, 'rb') as f:
+            predictions[mode] = pickle.load(f)
+    assert sum(len(p['pred_instances']['scores']) for p in predictions['off']) > 0
+    for dense, sparse in zip(predictions['off'], predictions['auto']):
+        for key in ('bboxes', 'scores', 'labels'):
+            torch.testing.assert_close(sparse['pred_instances'][key],
+                                       dense['pred_instances'][key], atol=1e-3, rtol=1e-3)
 
 
 def test_test_tool_rejects_bad_out(trained, sample_coco):

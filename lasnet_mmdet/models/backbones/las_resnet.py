@@ -224,7 +224,9 @@ class LASResNet(ResNet):
                       logger='current', level=30)
             self._warned_no_cost_loss = True
         self._input_size = tuple(x.shape[-2:])
-        return super().forward(x)
+        # The sparse ops work channels-last; necks and heads (mmcv's CPU RoIAlign reads raw
+        # NCHW memory) get the layout mmdet's ResNet returns.
+        return tuple(out.contiguous() for out in super().forward(x))
 
     @property
     def las_stats(self):
