@@ -6,7 +6,7 @@ custom_imports = dict(imports=['lasnet_mmdet'], allow_failed_imports=False)
 
 data_root = 'data/sample_coco/'
 metainfo = dict(classes=('rectangle', 'ellipse', 'triangle'))
-image_size = (160, 160)
+image_size = (128, 128)
 
 model = dict(
     backbone=dict(

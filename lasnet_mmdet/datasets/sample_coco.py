@@ -77,7 +77,7 @@ def _split(rng, root, split, num_images, size, first_ann_id):
     return ann_id
 
 
-def make_sample_coco(root, num_train=48, num_val=16, size=160, seed=0):
+def make_sample_coco(root, num_train=48, num_val=16, size=128, seed=0):
     """Write ``root/{train,val}/*.png`` and ``root/annotations/instances_{train,val}.json``.
 
     Skips the work if both annotation files exist. Returns ``root``.
