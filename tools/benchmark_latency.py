@@ -19,9 +19,13 @@ import json
 import platform
 import statistics
 import time
+import os.path as osp
+import sys
 import types
 
 import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # lasnet_mmdet from a checkout
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -170,9 +174,23 @@ def graphed(fn, device):
     return graph.replay
 
 
-def macs_ratio(las):
+def macs_ratio(las, x):
+    """Ideal sparse/dense MACs of the last forward, in float64 (fp16 stats overflow)."""
+    sizes, hooks = {}, []
+    for name, block in las.las_blocks():
+        hooks.append(block.register_forward_pre_hook(
+            lambda m, a, name=name: sizes.__setitem__(name, a[0].shape[-2:])))
+    with torch.no_grad():
+        las(x)
+    for h in hooks:
+        h.remove()
     stats = las.las_stats
-    return float(stats['macs_dynamic']) / float(stats['macs_dense'])
+    dynamic = stem = las.stem_macs(*x.shape[-2:])
+    for name, block in las.las_blocks():
+        macs, st = block.dense_macs(*sizes[name]), stats['blocks'][name]
+        dynamic += (macs['masker'] + macs['downsample'] + macs['conv1'] * float(st['rate_dil'])
+                    + (macs['conv2'] + macs['conv3']) * float(st['rate']))
+    return dynamic / float(stats['macs_dense'])
 
 
 # --- the benchmark -----------------------------------------------------------------------------
@@ -195,15 +213,13 @@ def run(args):
     fns = {'dense': lambda: dense(x), 'masked': las_fn('off'), 'sparse': las_fn(args.backend)}
     whole = time_interleaved(fns, device, args.warmup, args.repeats)
     las.sparse_inference = args.backend
-    with torch.no_grad():
-        las(x)
     res = dict(
         config=args.config, device=device_name(device), shape=list(args.shape),
         batch=args.batch, dtype=args.dtype, granularity=list(las.granularity),
         rate=args.rate, backend=args.backend, threads=torch.get_num_threads(),
         torch=torch.__version__, dense_ms=whole['dense'], masked_ms=whole['masked'],
         sparse_ms=whole['sparse'], ratio=whole['sparse'] / whole['dense'],
-        masked_ratio=whole['masked'] / whole['dense'], macs_ratio=macs_ratio(las))
+        masked_ratio=whole['masked'] / whole['dense'], macs_ratio=macs_ratio(las, x))
 
     if not args.no_stages:
         d_in, l_in = stage_inputs(dense, x), stage_inputs(las, x)
@@ -237,10 +253,13 @@ def run(args):
         for rate in args.rates:
             unfreeze_masks(las)
             freeze_masks(las, x, rate, args.seed)
-            t = time_interleaved({'dense': lambda: dense(x), 'sparse': las_fn(args.backend)},
-                                 device, args.warmup, args.repeats)
+            fns = {'dense': lambda: dense(x), 'sparse': las_fn(args.backend)}
+            if args.cuda_graph:  # batch 1 on a GPU is launch-bound: the curve in graphs
+                las.sparse_inference = args.backend
+                fns = {k: graphed(fn, device) for k, fn in fns.items()}
+            t = time_interleaved(fns, device, args.warmup, args.repeats)
             res['curve'].append(dict(rate=rate, dense_ms=t['dense'], sparse_ms=t['sparse'],
-                                     ratio=t['sparse'] / t['dense'], macs_ratio=macs_ratio(las)))
+                                     ratio=t['sparse'] / t['dense'], macs_ratio=macs_ratio(las, x)))
 
     if args.detector:
         res['detector'] = time_detector(cfg, bcfg, dense, las, x, args)

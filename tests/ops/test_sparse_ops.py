@@ -39,6 +39,15 @@ CASES = [
 RATES = [0.0, 0.5, 1.0]
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """fp32 references must be fp32: cuDNN convs default to TF32 on Ampere and later."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _check(backend, case, rate, dtype=torch.float32, device='cpu', rtol=1e-4):
     inplanes, planes, s, stride, down, batch, h, w = case
     block = make_block(inplanes, planes, s, stride, down).to(device, dtype)

@@ -28,6 +28,9 @@ import triton.language as tl
 def _configs():
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         return [triton.Config({'BLOCK_M': 16, 'BLOCK_N': 32, 'BLOCK_K': 32}, num_warps=1)]
+    if os.environ.get('LASNET_TRITON_AUTOTUNE', '1') == '0':  # e.g. tests: compile once
+        return [triton.Config({'BLOCK_M': 64, 'BLOCK_N': 64, 'BLOCK_K': 32}, num_warps=4,
+                              num_stages=3)]
     return [
         triton.Config({'BLOCK_M': bm, 'BLOCK_N': bn, 'BLOCK_K': bk}, num_warps=wp,
                       num_stages=st)
