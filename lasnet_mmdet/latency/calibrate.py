@@ -29,9 +29,10 @@ from . import measure
 from .measure import (TORCH_DTYPES, make_block, measure_las_block, measure_static_block,
                       stage_block_shape, time_fn)
 from .predictor import (BlockShape, Kernel, _conv, get_schedule, kernels_time, las_kernels,
-                        static_kernels)
+                        static_kernels, stem_kernels)
 
-FIT_KEYS = {'cpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us', 'layout', 'alloc'),
+FIT_KEYS = {'cpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us', 'layout', 'alloc',
+                    'pool'),
             'gpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us')}
 # Offsets so that parameters whose best value may be 0 live on a log scale too.
 _LOG_OFFSET = dict(small_dim=1.0, launch_us=0.1)
@@ -56,6 +57,8 @@ def kernels_for(spec, dtype, schedule):
     if op == 'conv':
         h, w, cin, cout, k = (spec[key] for key in ('h', 'w', 'cin', 'cout', 'k'))
         return [_conv(f'conv{k}x{k}', h * w, cout, cin * k * k, h * w * cin, h * w * cout, b)]
+    if op == 'stem':
+        return stem_kernels(spec['h'], spec['w'], 1, dtype)
     shape = BlockShape(**spec['shape'])
     if op == 'static_block':
         return static_kernels(shape, dtype)
@@ -163,8 +166,16 @@ def memory_benchmarks(device, dtype, numel=None):
 def block_benchmarks(shape_hw, device, dtype, schedule, backend='auto',
                      points=((1, 0.25), (4, 0.5), (8, 0.75)), stages=(0, 1, 2, 3),
                      sparse=True):
-    """Dense bottlenecks (eager mmdet) and sparse LAS blocks at a few (S, r) per stage."""
-    out = []
+    """The stem, dense bottlenecks (eager mmdet) and sparse LAS blocks at a few (S, r) per
+    stage."""
+    import torch.nn as nn
+    stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+    stem = stem.eval().to(device=device, dtype=TORCH_DTYPES[dtype])
+    x = torch.randn(1, 3, *shape_hw, device=device, dtype=TORCH_DTYPES[dtype])
+    spec = dict(op='stem', h=shape_hw[0], w=shape_hw[1])
+    out = [Benchmark('stem', kernels_for(spec, dtype, schedule),
+                     time_fn(lambda: stem(x), device, 1, 3, 0.05), spec)]
     for stage in stages:
         shape = stage_block_shape(stage, *shape_hw)
         block = make_block(shape, 1, device, dtype)

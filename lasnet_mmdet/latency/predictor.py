@@ -129,6 +129,7 @@ class Kernel:
     gathered_bytes: float = 0.0  # traffic through row indices
     layout_bytes: float = 0.0   # CPU: NCHW <-> blocked conversions around a oneDNN conv
     alloc_bytes: float = 0.0    # CPU: a fresh output too large for the heap (page faults)
+    window_bytes: float = 0.0   # CPU: a pooling window's reads (9 per output)
     launches: int = 1           # ops it stands for (each pays the launch cost)
 
     @property
@@ -177,6 +178,7 @@ def kernel_time(kernel, profile, dtype=None):
     if profile.kind == 'cpu':
         t_mem += kernel.layout_bytes / (bandwidth * eff['layout'])
         t_mem += kernel.alloc_bytes / (bandwidth * eff['alloc'])
+        t_mem += kernel.window_bytes / (bandwidth * eff['pool'])
     t_work = max(_gemm_compute_s(kernel, profile, dtype), t_mem) if kernel.is_gemm else t_mem
     launch = 1e-6 * eff['launch_us'] * kernel.launches
     if profile.kind == 'gpu':
@@ -403,9 +405,11 @@ def stem_kernels(in_h, in_w, batch=1, dtype='fp32', in_channels=3, stem_channels
     ph, pw = conv_out(h, 2), conv_out(w, 2)
     return [_conv('stem.conv', px, stem_channels, 49 * in_channels,
                   batch * in_h * in_w * in_channels, px * stem_channels, b),
-            _eltwise('stem.bn', px * stem_channels, b),
+            _eltwise('stem.bn', px * stem_channels, b, fresh=True),
             _eltwise('stem.relu', px * stem_channels, b),
-            Kernel('stem.maxpool', bytes=(px + batch * ph * pw) * stem_channels * b)]
+            Kernel('stem.maxpool', bytes=(px + batch * ph * pw) * stem_channels * b,
+                   window_bytes=9 * batch * ph * pw * stem_channels * b,
+                   alloc_bytes=_fresh(batch * ph * pw * stem_channels * b))]
 
 
 # --- public API -------------------------------------------------------------------------------
@@ -445,12 +449,15 @@ def resnet_block_shapes(in_h, in_w, depth=101, batch=1, base_channels=64):
 
 
 def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101, batch=1,
-                     schedule=None, dtype=None, exact=True, bookkeeping=False):
+                     schedule=None, dtype=None, exact=True, bookkeeping=False,
+                     nchw_outputs=True):
     """Per-part seconds of a whole backbone; static when ``granularity`` is None.
 
     ``rate`` is one r for every block or a sequence with one r per block. ``bookkeeping``
     adds the small per-block ops of ``LASResNet.forward`` (statistics, mask pinning), to
-    compare with a measured ``LASResNet``; they do not depend on S or r.
+    compare with a measured ``LASResNet``; they do not depend on S or r. ``nchw_outputs``:
+    LASResNet hands necks NCHW maps, converting each stage output from the sparse ops'
+    channels-last layout (a transposing copy).
     Returns ``dict(total=, stem=, blocks=[...], stages=[4 sums])``.
     """
     profile = load_profile(profile)
@@ -473,4 +480,14 @@ def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101,
                 t += kernel_time(bookkeeping_kernel(shape), profile, dtype)
         blocks.append(t)
         stages[stage] += t
-    return dict(total=stem + sum(blocks), stem=stem, blocks=blocks, stages=stages)
+    outputs = 0.0
+    if granularity is not None and nchw_outputs:
+        b = DTYPE_BYTES[dtype]
+        for stage in range(4):
+            shape = [s for st, _, s in shapes if st == stage][-1]
+            elems = batch * shape.out_hw[0] * shape.out_hw[1] * shape.out_channels
+            outputs += kernel_time(Kernel(f'layer{stage + 1}.to_nchw', bytes=2 * elems * b,
+                                          layout_bytes=2 * elems * b,
+                                          alloc_bytes=_fresh(elems * b)), profile, dtype)
+    return dict(total=stem + sum(blocks) + outputs, stem=stem, blocks=blocks, stages=stages,
+                outputs=outputs)

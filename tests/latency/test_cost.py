@@ -35,7 +35,8 @@ def test_latency_cost_of_a_backbone_forward():
     for _, block in backbone.las_blocks():
         block.stats['rate'] = torch.tensor(1.0)
     predicted, static = cost(backbone)
-    full = predict_backbone(v100, 64, 96, (4, 4, 2, 1), 1.0, depth=50, exact=False)
+    full = predict_backbone(v100, 64, 96, (4, 4, 2, 1), 1.0, depth=50, exact=False,
+                            nchw_outputs=False)
     assert predicted.item() == pytest.approx(full['total'], rel=1e-6)
     assert static == pytest.approx(predict_backbone(v100, 64, 96, depth=50)['total'])
 
