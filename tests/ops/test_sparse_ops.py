@@ -169,5 +169,5 @@ def test_bad_inputs_name_the_bad_value():
             if env is not None:
                 os.environ['TRITON_INTERPRET'] = env
     with pytest.raises(ValueError, match='torch.float64'):
-        las_bottleneck_forward(block.double(), x.double().to(DEVICE) if CUDA else x.double(),
-                               coarse.double(), 'triton')
+        las_bottleneck_forward(block.to(DEVICE, torch.float64), x.to(DEVICE, torch.float64),
+                               coarse.to(DEVICE, torch.float64), 'triton')
