@@ -3,7 +3,8 @@
 dense).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
-        [--show-dir DIR] [--las-per-block] [--cfg-options k=v ...] [--launcher pytorch]
+        [--show-dir DIR] [--las-per-block] [--latency-profile PROFILE] [--measure-latency]
+        [--cfg-options k=v ...] [--launcher pytorch]
 """
 import argparse
 import os
@@ -32,6 +33,11 @@ def parse_args():
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--las-per-block', action='store_true',
                         help='print the mean activation rate of every LAS block too')
+    parser.add_argument('--latency-profile',
+                        help='report the predicted backbone latency on this hardware profile '
+                        '(preset: v100, a100, h100, rtx3090, tx2; or a calibrated JSON)')
+    parser.add_argument('--measure-latency', action='store_true',
+                        help='also time the backbone forward of every test batch')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override some settings in the used config, the key-value pair in xxx=yyy '
@@ -45,7 +51,7 @@ def parse_args():
     return args
 
 
-def add_las_report(cfg, per_block):
+def add_las_report(cfg, per_block=False, profile=None, measure=False):
     """Make sure a LASReportHook runs when the backbone is a LAS backbone."""
     if cfg.model.get('backbone', {}).get('type') != 'LASResNet':
         return
@@ -54,9 +60,11 @@ def add_las_report(cfg, per_block):
     if not reports:
         hooks.append(dict(type='LASReportHook'))
         reports = hooks[-1:]
-    if per_block:
-        for hook in reports:
-            hook['per_block'] = True
+    for hook in reports:
+        hook['per_block'] = hook.get('per_block', False) or per_block
+        hook['measure'] = hook.get('measure', False) or measure
+        if profile is not None:
+            hook['profile'] = profile
     cfg.custom_hooks = hooks
 
 
@@ -77,7 +85,7 @@ def main():
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
-    add_las_report(cfg, args.las_per_block)
+    add_las_report(cfg, args.las_per_block, args.latency_profile, args.measure_latency)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out is not None:

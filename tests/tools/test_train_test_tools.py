@@ -67,9 +67,12 @@ def test_test_tool_reports_coco_and_las(trained, sample_coco, tmp_path):
     out = str(tmp_path / 'results.pkl')
     output = run(['tools/test.py', DEMO, osp.join(work_dir, 'epoch_2.pth'), '--work-dir',
                   str(tmp_path), '--out', out, '--show-dir', 'shown', '--las-per-block',
+                  '--latency-profile', 'v100', '--measure-latency',
                   '--cfg-options', *as_cli(demo_options(sample_coco, max_epochs=2))])
     for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'LAS report over 4 images', 'layer1',
-                'layer4', 'layer3.5', 'backbone GMACs per image', 'las/act_rate'):
+                'layer4', 'layer3.5', 'backbone GMACs per image', 'las/act_rate',
+                'predicted backbone latency per image on', 'las/pred_latency_ms',
+                'measured backbone latency per image', 'las/measured_latency_ms'):
         assert key in output, key
     assert osp.isfile(out)
     assert glob.glob(f'{tmp_path}/*/shown/*.png')

@@ -1,4 +1,5 @@
 """Test/val-time LAS report: mean activation rate per stage (or block) and backbone GMACs."""
+import time
 from collections import defaultdict
 
 import torch
@@ -23,12 +24,16 @@ class LASReportHook(Hook):
             on which to report the predicted backbone latency of each evaluated image, beside
             the static backbone's (``las/pred_latency_ms``, ``las/pred_latency_ratio``).
         schedule (str, optional): Sparse schedule for the prediction (default: the profile's).
+        measure (bool): Also time every backbone forward (synchronised wall clock) and report
+            the mean per image (``las/measured_latency_ms``).
     """
 
     priority = 'NORMAL'
 
-    def __init__(self, per_block=False, profile=None, schedule=None):
+    def __init__(self, per_block=False, profile=None, schedule=None, measure=False):
         self.per_block = per_block
+        self.measure = measure
+        self._timers = []
         self._latency = None
         if profile is not None:
             from ...latency import LatencyCost
@@ -39,8 +44,23 @@ class LASReportHook(Hook):
         self._rate_sums = defaultdict(float)
         self._macs_dynamic = 0.0
         self._macs_dense = 0.0
-        self._latency_ms = [0.0, 0.0]  # predicted LAS, static: sums over images
+        self._latency_ms = [0.0, 0.0, 0.0]  # predicted LAS, static, measured: sums over images
         self._images = 0
+        if self.measure and not self._timers:
+            self._timers = [self._backbone.register_forward_pre_hook(self._start_timer),
+                            self._backbone.register_forward_hook(self._stop_timer)]
+
+    @staticmethod
+    def _now(tensor):
+        if tensor.is_cuda:
+            torch.cuda.synchronize(tensor.device)
+        return time.perf_counter()
+
+    def _start_timer(self, module, args):
+        self._started = self._now(args[0])
+
+    def _stop_timer(self, module, args, output):
+        self._latency_ms[2] += (self._now(args[0]) - self._started) * 1e3
 
     def before_val_epoch(self, runner):
         self._reset(runner)
@@ -75,8 +95,8 @@ class LASReportHook(Hook):
                               + [self._rate_sums[name] for name in names], dtype=torch.float64)
         dist.all_reduce(totals, op='sum')  # no-op when not distributed
         self._images, self._macs_dynamic, self._macs_dense = int(totals[0]), *totals[1:3].tolist()
-        self._latency_ms = totals[3:5].tolist()
-        self._rate_sums = dict(zip(names, totals[5:].tolist()))
+        self._latency_ms = totals[3:6].tolist()
+        self._rate_sums = dict(zip(names, totals[6:].tolist()))
 
     def report(self):
         """``(lines, metrics)`` of the means since the epoch began (over all ranks)."""
@@ -100,16 +120,24 @@ class LASReportHook(Hook):
         metrics = {'las/act_rate': mean_rate, 'las/gmacs_dynamic': dyn,
                    'las/gmacs_dense': dense}
         if self._latency is not None:
-            pred, static = (ms / n for ms in self._latency_ms)
+            pred, static = (ms / n for ms in self._latency_ms[:2])
             cost = self._latency
             lines.append(f'predicted backbone latency per image on {cost.profile.name} '
                          f'({cost.dtype}, batch 1): LAS {pred:.2f} ms / static {static:.2f} ms '
                          f'(ratio {pred / max(static, 1e-12):.3f})')
             metrics.update({'las/pred_latency_ms': pred,
                             'las/pred_latency_ratio': pred / max(static, 1e-12)})
+        if self.measure:
+            measured = self._latency_ms[2] / n
+            lines.append(f'measured backbone latency per image: {measured:.2f} ms '
+                         f'(mean over the batches of this run, batch size included)')
+            metrics['las/measured_latency_ms'] = measured
         return lines, metrics
 
     def _finish(self, runner, mode, metrics):
+        for timer in self._timers:
+            timer.remove()
+        self._timers = []
         lines, las_metrics = self.report()
         print_log('\n'.join(lines), logger='current')
         if metrics is not None:
