@@ -39,6 +39,8 @@ def sparse_unsupported_reason(block):
     """Why ``block`` cannot run sparse (a sentence), or None when it can."""
     if block.training:
         return 'the block is in training mode (sparse execution is for inference)'
+    if torch.is_grad_enabled() and any(p.requires_grad for p in block.parameters()):
+        return 'autograd is recording (sparse execution is for inference: use torch.no_grad())'
     if block.with_plugins:
         return 'the block has plugins'
     if block.with_dcn:

@@ -154,6 +154,18 @@ def test_bad_inputs_name_the_bad_value():
     block = make_block(64, 16, 2, 1, False)
     x = torch.randn(1, 64, 8, 8)
     coarse = coarse_for(block, x, 0.5)
+    # sparse execution is inference-only: with autograd recording, explicit backends refuse
+    # and 'auto' runs the dense-masked computation (which autograd can differentiate)
+    with pytest.raises(ValueError, match='torch.no_grad'):
+        las_bottleneck_forward(block, x, coarse, 'torch')
+    auto = las_bottleneck_forward(block, x, coarse, 'auto')
+    assert auto.requires_grad
+    with torch.no_grad():
+        assert_close_to_scale(auto.detach(), las_bottleneck_forward(block, x, coarse, 'torch'), 1e-4)
+        _bad_inputs(block, x, coarse)
+
+
+def _bad_inputs(block, x, coarse):
     with pytest.raises(ValueError, match="'cuda_fast'"):
         las_bottleneck_forward(block, x, coarse, 'cuda_fast')
     with pytest.raises(ValueError, match=r'\(1, 1, 3, 3\)'):

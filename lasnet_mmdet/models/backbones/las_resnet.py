@@ -38,7 +38,8 @@ class LASBottleneck(Bottleneck):
         self.masker = Masker(inplanes, granularity, stride=self.stride)
         self.tau = 1.0
         self.sparse_inference = 'off'
-        self.stats = None
+        self._last_mask = None  # (coarse mask, input size) of the last forward
+        self._stats = None
 
     @property
     def granularity(self):
@@ -48,34 +49,32 @@ class LASBottleneck(Bottleneck):
         out_h, out_w = _conv_out(x.shape[-2], self.stride), _conv_out(x.shape[-1], self.stride)
         # Sampled once, outside the checkpointed function: recomputation must not redraw noise.
         coarse = self.masker(x, out_h, out_w, self.tau)
-        mask = upsample_mask(coarse, self.granularity, out_h, out_w)
-        self.stats = self._block_stats(x, mask)
+        self._last_mask, self._stats = (coarse, tuple(x.shape[-2:])), None
 
         if not self.training and self.sparse_inference != 'off':
             from ...ops import las_bottleneck_forward
             return las_bottleneck_forward(self, x, coarse, backend=self.sparse_inference)
 
-        def _inner_forward(x, mask):
-            identity = x
-            out = self.relu(self.norm1(self.conv1(x)))
-            if self.with_plugins:
-                out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = self.relu(self.norm2(self.conv2(out)))
-            if self.with_plugins:
-                out = self.forward_plugin(out, self.after_conv2_plugin_names)
-            out = self.norm3(self.conv3(out))
-            if self.with_plugins:
-                out = self.forward_plugin(out, self.after_conv3_plugin_names)
-            out = out * mask
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            return out + identity
-
+        mask = upsample_mask(coarse, self.granularity, out_h, out_w)
         if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x, mask, use_reentrant=False)
-        else:
-            out = _inner_forward(x, mask)
-        return self.relu(out)
+            return cp.checkpoint(self.dense_masked, x, mask, use_reentrant=False)
+        return self.dense_masked(x, mask)
+
+    def dense_masked(self, x, mask):
+        """Every conv dense, ``mask`` (full resolution) on the bn3 output, then the residual."""
+        identity = x
+        out = self.relu(self.norm1(self.conv1(x)))
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv1_plugin_names)
+        out = self.relu(self.norm2(self.conv2(out)))
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv2_plugin_names)
+        out = self.norm3(self.conv3(out))
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv3_plugin_names)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out * mask + identity)
 
     # --- bookkeeping ------------------------------------------------------------------------
     def dense_macs(self, in_h, in_w):
@@ -91,17 +90,26 @@ class LASBottleneck(Bottleneck):
             conv3=mid * cout * out_h * out_w,
             downsample=cin * cout * out_h * out_w if self.downsample is not None else 0)
 
-    def _block_stats(self, x, mask):
-        """Activation rate r (differentiable), dilated rate r_dil and MACs of this forward."""
-        mid_h, mid_w = (_conv_out(s, self.conv1_stride) for s in x.shape[-2:])
-        with torch.no_grad():
-            rate_dil = dilate_mask(mask, self.conv2_stride, mid_h, mid_w).mean()
-        rate = mask.mean()
-        macs = self.dense_macs(*x.shape[-2:])
-        dynamic = (macs['masker'] + macs['downsample'] + macs['conv1'] * rate_dil
-                   + (macs['conv2'] + macs['conv3']) * rate)
-        return dict(rate=rate, rate_dil=rate_dil, macs_dense=float(sum(macs.values())),
-                    macs_dynamic=dynamic)
+    @property
+    def stats(self):
+        """Rate r (differentiable), dilated rate r_dil and per-image MACs of the last forward.
+
+        Computed on first access, so inference pays nothing for bookkeeping nobody reads.
+        """
+        if self._stats is None and self._last_mask is not None:
+            coarse, (in_h, in_w) = self._last_mask
+            out_h, out_w = _conv_out(in_h, self.stride), _conv_out(in_w, self.stride)
+            mid_h, mid_w = _conv_out(in_h, self.conv1_stride), _conv_out(in_w, self.conv1_stride)
+            mask = upsample_mask(coarse, self.granularity, out_h, out_w)
+            with torch.no_grad():
+                rate_dil = dilate_mask(mask, self.conv2_stride, mid_h, mid_w).mean()
+            rate = mask.mean()
+            macs = self.dense_macs(in_h, in_w)
+            dynamic = (macs['masker'] + macs['downsample'] + macs['conv1'] * rate_dil
+                       + (macs['conv2'] + macs['conv3']) * rate)
+            self._stats = dict(rate=rate, rate_dil=rate_dil, macs_dense=float(sum(macs.values())),
+                               macs_dynamic=dynamic)
+        return self._stats
 
 
 def _conv_out(size, stride):
