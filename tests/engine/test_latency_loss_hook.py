@@ -20,6 +20,9 @@ def build_runner(config, sample_coco, tmp_path, detector, **overrides):
     cfg.merge_from_dict({'train_cfg.val_interval': 100, 'default_hooks.logger.interval': 1})
     cfg.merge_from_dict(overrides)
     cfg.work_dir = str(tmp_path)
+    # mmengine names the logger after the experiment (config name + time in seconds): two
+    # Runners built within one second would share a logger and its log file.
+    cfg.experiment_name = tmp_path.name
     return Runner.from_cfg(cfg)
 
 
