@@ -19,7 +19,11 @@ model = dict(
         norm_eval=False,
         style='pytorch',
         init_cfg=None),
-    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
+    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
+    # 128 px images with 1-3 objects: a few hundred proposals and RoIs are plenty, and they
+    # make the CPU demo 2.3x faster than COCO's 2000 / 512.
+    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
