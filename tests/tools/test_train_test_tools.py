@@ -121,7 +121,8 @@ def test_mmdet_own_train_tool_with_custom_imports(sample_coco, tmp_path):
         "custom_imports = dict(imports=['lasnet_mmdet'], allow_failed_imports=False)\n"
         "model = dict(backbone=dict(_delete_=True, type='LASResNet', depth=50,\n"
         "                           granularity=(4, 4, 7, 1), init_cfg=None))\n"
-        "custom_hooks = [dict(type='LatencyLossHook', target=0.5)]\n")
+        "custom_hooks = [dict(type='LatencyLossHook', target=0.5, cost='latency',\n"
+        "                     profile='v100')]\n")
     options = sample_data_options(sample_coco, with_mask=False)
     options.update(small_las_options(detector='single_stage'))
     options.update({'train_dataloader.dataset.pipeline.2.scale': (128, 128),
@@ -133,3 +134,4 @@ def test_mmdet_own_train_tool_with_custom_imports(sample_coco, tmp_path):
                   '--cfg-options', *as_cli(options)], cwd=str(tmp_path))
     # (an untrained RetinaNet may predict nothing, so COCO AP is not asserted here)
     assert 'loss_latency' in output and 'las_act_rate' in output and 'Epoch(val)' in output
+    assert 'las_latency_ms' in output  # the predicted-latency cost, not MACs
