@@ -94,6 +94,7 @@ def build_backbones(bcfg, device, dtype):
 
 def freeze_masks(las, x, rate, seed):
     """Pin seeded random masks at ``rate``, kept on the device; the maskers still compute."""
+    from lasnet_mmdet.models.layers.masker import Masker
     recorded = {}
     for name, block in las.las_blocks():
         block.masker.forward = types.MethodType(Masker_forward_recorded(recorded, name),
@@ -104,7 +105,8 @@ def freeze_masks(las, x, rate, seed):
         mask = recorded[name]
 
         def forward(self, x, out_h, out_w, tau=1.0, _mask=mask):
-            self.logits(x)  # the masker's real work, result unused: the mask is pinned
+            # The masker's real work (its eval decision), result unused: the mask is pinned.
+            Masker.forward(self, x, out_h, out_w, tau)
             return _mask
         block.masker.forward = types.MethodType(forward, block.masker)
 
@@ -152,7 +154,8 @@ def stage_inputs(model, x):
     inputs, hooks = {}, []
     for name in model.res_layers:
         hooks.append(getattr(model, name).register_forward_pre_hook(
-            lambda m, a, name=name: inputs.__setitem__(name, a[0])))
+            # A copy: inside the LAS forward it is a workspace buffer that later blocks reuse.
+            lambda m, a, name=name: inputs.__setitem__(name, a[0].clone())))
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -197,6 +200,7 @@ def macs_ratio(las, x):
 def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
+    from lasnet_mmdet.ops.workspace import use_workspace
     dtype, device = DTYPES[args.dtype], args.device
     cfg, bcfg = backbone_cfg(args.config, args.granularity)
     torch.manual_seed(args.seed)
@@ -228,9 +232,10 @@ def run(args):
             dl, ll = getattr(dense, name), getattr(las, name)
 
             def las_stage(mode, ll=ll, inp=l_in[name]):
-                def fn():
+                def fn():  # with the backbone's workspace, as inside its forward
                     las.sparse_inference = mode
-                    return ll(inp)
+                    with use_workspace(las._workspace):
+                        return ll(inp)
                 return fn
             t = time_interleaved({'dense': lambda dl=dl, inp=d_in[name]: dl(inp),
                                   'masked': las_stage('off'), 'sparse': las_stage(args.backend)},

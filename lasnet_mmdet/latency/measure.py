@@ -114,6 +114,7 @@ def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', back
                       block=None, warmup=2, repeats=5, min_seconds=0.0):
     """Median seconds of the sparse path of one LAS block at a pinned mask (masker excluded)."""
     from ..ops import las_bottleneck_forward
+    from ..ops.workspace import Workspace, use_workspace
     block = block if block is not None else make_block(shape, granularity, device, dtype)
     block.sparse_inference = backend
     x = torch.randn(shape.batch, shape.in_channels, shape.in_h, shape.in_w, device=device,
@@ -121,8 +122,12 @@ def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', back
     # Channels-last, as every sparse block's output is: no layout copy inside the timing.
     x = x.contiguous(memory_format=torch.channels_last)
     mask = coarse_mask(shape, granularity, rate, device, dtype)
-    return time_fn(lambda: las_bottleneck_forward(block, x, mask, backend=backend), device,
-                   warmup, repeats, min_seconds)
+    workspace = Workspace()  # reused call to call, as inside a LASResNet forward
+
+    def forward():
+        with use_workspace(workspace):
+            return las_bottleneck_forward(block, x, mask, backend=backend)
+    return time_fn(forward, device, warmup, repeats, min_seconds)
 
 
 def measure_static_block(shape, device='cpu', dtype='fp32', block=None, warmup=2, repeats=5,

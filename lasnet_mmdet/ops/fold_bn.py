@@ -7,6 +7,7 @@ which its nine taps are gathered. The cache is keyed on every parameter's and bu
 ``load_state_dict``) and ``data_ptr`` (``.to()``/``.cuda()``), so it never goes stale.
 """
 import torch
+import torch.nn.functional as F
 
 _CACHE_ATTR = '_las_folded_cache'
 
@@ -47,23 +48,41 @@ def folded_weights(block, dtype):
 
 
 @torch.no_grad()
-def folded_downsample(block, dtype):
-    """``(weight, bias, stride)`` of a ``Sequential(conv1x1, BN)`` downsample, else None."""
-    ds = block.downsample
-    if not (isinstance(ds, torch.nn.Sequential) and len(ds) == 2
-            and isinstance(ds[0], torch.nn.Conv2d) and ds[0].bias is None
-            and ds[0].kernel_size == (1, 1) and ds[0].groups == 1
-            and isinstance(ds[1], torch.nn.modules.batchnorm._BatchNorm)
-            and ds[1].running_var is not None):
-        return None
+def folded_conv(conv, bn, dtype):
+    """``(weight, bias)`` of ``conv`` followed by eval-mode ``bn``, the weight 4-D and
+    channels-last (the layout oneDNN and cuDNN then pick for the output), cached on ``conv``."""
     key = (dtype, ) + tuple((t.data_ptr(), t._version)
-                            for t in (*ds.parameters(), *ds.buffers()))
-    cached = getattr(block, _CACHE_ATTR + '_ds', None)
+                            for t in (*conv.parameters(), *bn.parameters(), *bn.buffers()))
+    cached = getattr(conv, _CACHE_ATTR, None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    scale, shift = _bn_scale_shift(ds[1])
-    weight = (ds[0].weight * scale[:, None, None, None]).to(dtype)
-    folded = (weight.contiguous(memory_format=torch.channels_last), shift.to(dtype),
-              ds[0].stride)
-    object.__setattr__(block, _CACHE_ATTR + '_ds', (key, folded))
+    scale, shift = _bn_scale_shift(bn)
+    weight = conv.weight * scale[:, None, None, None]
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    folded = (weight.to(dtype).contiguous(memory_format=torch.channels_last), shift.to(dtype))
+    object.__setattr__(conv, _CACHE_ATTR, (key, folded))
     return folded
+
+
+def is_folded_downsample(ds):
+    """Whether downsample ``ds`` is a 1x1 conv + eval BN that ``folded_conv`` can fold."""
+    return (isinstance(ds, torch.nn.Sequential) and len(ds) == 2
+            and isinstance(ds[0], torch.nn.Conv2d) and ds[0].kernel_size == (1, 1)
+            and ds[0].padding == (0, 0) and ds[0].groups == 1
+            and isinstance(ds[1], torch.nn.modules.batchnorm._BatchNorm)
+            and ds[1].running_var is not None)
+
+
+def downsample_residual(block, x):
+    """The residual branch of ``block`` on channels-last ``x``: ``x`` itself (identity), else
+    the downsample's output (fresh, channels-last), its conv and BN folded into one conv."""
+    ds = block.downsample
+    if ds is None:
+        return x
+    if is_folded_downsample(ds):
+        weight, bias = folded_conv(ds[0], ds[1], x.dtype)
+        out = F.conv2d(x, weight, bias, ds[0].stride)
+    else:  # e.g. avg_down: run the module as built
+        out = ds(x)
+    return out.contiguous(memory_format=torch.channels_last)

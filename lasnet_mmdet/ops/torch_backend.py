@@ -5,21 +5,23 @@ already is channels-last, which every block's output here is), and each conv is 
 BN folded in (``fold_bn``):
 
 1. conv1 (1x1): on the needed rows only (the dilated mask; each halo row computed once), written
-   into a ``(B*H*W + 1, C_mid)`` buffer whose last row stays zero; when nearly every row is
-   needed (fine S), one dense GEMM straight into the buffer is cheaper than gather + scatter.
+   into a ``(B*H*W + 1, C_mid)`` map whose last row stays zero; when nearly every row is needed
+   (fine S), one dense GEMM straight into the map is cheaper than gather + scatter.
 2. conv2 (3x3, stride s): the nine taps of every active output pixel gathered (im2col on the
    active pixels only; taps outside the image read the zero row) and one GEMM.
-3. conv3 (1x1) GEMM accumulated onto the gathered residual rows (identity copy or downsample
-   output) + ReLU, copied back after one in-place ReLU of the whole output (inactive rows:
-   ReLU(residual)).
+3. conv3 (1x1) GEMM accumulated onto the gathered residual rows + ReLU, copied into the output,
+   which is ReLU(residual) everywhere else (the downsample, when there is one, is a GEMM too,
+   written straight into the output and made ReLU in place).
 
-All row sets come from ``patches``; the host reads their sizes (``nonzero``), which is fine on
-the CPU; the Triton backend avoids that on CUDA.
+Every buffer, the output included, comes from the current ``Workspace`` (no fresh pages per
+block). All row sets come from ``patches``; the host reads their sizes
+(``nonzero``), which is fine on the CPU; the Triton backend avoids that on CUDA.
 """
 import torch
 
-from .fold_bn import folded_weights
+from .fold_bn import folded_conv, folded_weights, is_folded_downsample
 from .patches import conv2_taps, conv_out, pixel_masks
+from .workspace import block_output, scratch
 
 # conv1 runs densely when more than this fraction of its rows is needed: the gather and the
 # scatter of the rows then cost more than the GEMM rows they save (measured on 2 CPU cores).
@@ -31,39 +33,65 @@ def _rows(t):
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
+def _downsample_into(block, x, out):
+    """The downsample branch of ``block`` on channels-last ``x``, written into ``out``."""
+    ds = block.downsample
+    if not is_folded_downsample(ds):  # e.g. avg_down: run the module as built
+        out.copy_(ds(x))
+        return
+    weight, bias = folded_conv(ds[0], ds[1], x.dtype)
+    stride = ds[0].stride[0]
+    if stride > 1:  # the 1x1 conv reads every stride-th pixel: gather those rows first
+        batch, in_c = x.shape[:2]
+        sub = scratch('ds_in', (batch, out.shape[2], out.shape[3], in_c), x.dtype, x.device)
+        x = sub.copy_(x.permute(0, 2, 3, 1)[:, ::stride, ::stride]).permute(0, 3, 1, 2)
+    torch.addmm(bias, _rows(x), weight.reshape(weight.shape[0], -1).t(), out=_rows(out))
+
+
 def torch_forward(block, x, coarse):
-    batch, _, in_h, in_w = x.shape
+    batch, in_c, in_h, in_w = x.shape
     stride = block.conv2_stride
     out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
     f = folded_weights(block, x.dtype)
     mid_c, out_c = f['w1'].shape[1], f['w3'].shape[1]
 
+    def buffer(name, *shape):
+        return scratch(name, shape, x.dtype, x.device)
+
     x = x.contiguous(memory_format=torch.channels_last)
     x_rows = _rows(x)
-    if block.downsample is not None:
-        out = block.downsample(x).contiguous(memory_format=torch.channels_last)
-        out_rows = _rows(out)  # a fresh tensor: updated in place
-    else:
-        out_rows = x_rows.clone()
-
     active, needed = pixel_masks(coarse, block.granularity, stride, in_h, in_w)
     active_rows = active.flatten().nonzero().squeeze(1)
-    if active_rows.numel():
-        mid = x.new_empty(batch * in_h * in_w + 1, mid_c)
-        mid[-1].zero_()
-        needed_rows = needed.flatten().nonzero().squeeze(1)
-        if needed_rows.numel() > DENSE_CONV1_ABOVE * (mid.shape[0] - 1):
-            torch.addmm(f['b1'], x_rows, f['w1'], out=mid[:-1]).relu_()
-        else:
-            y1 = torch.addmm(f['b1'], x_rows.index_select(0, needed_rows), f['w1']).relu_()
-            mid.index_copy_(0, needed_rows, y1)
-        taps = conv2_taps(active_rows, batch, out_h, out_w, in_h, in_w, stride)
-        cols = mid.index_select(0, taps.flatten()).view(-1, 9 * mid_c)
-        y2 = torch.addmm(f['b2'], cols, f['w2']).relu_()
-        # conv3 accumulates onto the gathered residual rows (GEMM with beta=1), which are
-        # copied back after the ReLU of the whole map: no atomic scatter-add.
-        y3 = out_rows.index_select(0, active_rows).add_(f['b3']).addmm_(y2, f['w3']).relu_()
-        out_rows.relu_().index_copy_(0, active_rows, y3)
+    n = active_rows.numel()
+
+    out = block_output((batch, out_c, out_h, out_w), x.dtype, x.device)
+    if block.downsample is None:
+        res_rows = x_rows
     else:
-        out_rows.relu_()
-    return out_rows.view(batch, out_h, out_w, out_c).permute(0, 3, 1, 2)
+        _downsample_into(block, x, out)
+        res_rows = _rows(out)
+    # conv3's accumulator starts as the residual rows, gathered before any ReLU touches them.
+    y3 = torch.index_select(res_rows, 0, active_rows, out=buffer('y3', n, out_c))
+    if block.downsample is None:
+        torch.clamp_min(x, 0, out=out)
+    else:
+        out.relu_()
+    if n == 0:
+        return out
+
+    mid = buffer('mid', batch * in_h * in_w + 1, mid_c)
+    mid[-1].zero_()
+    needed_rows = needed.flatten().nonzero().squeeze(1)
+    m = needed_rows.numel()
+    if m > DENSE_CONV1_ABOVE * (mid.shape[0] - 1):
+        torch.addmm(f['b1'], x_rows, f['w1'], out=mid[:-1]).relu_()
+    else:
+        x1 = torch.index_select(x_rows, 0, needed_rows, out=buffer('x1', m, in_c))
+        y1 = torch.addmm(f['b1'], x1, f['w1'], out=buffer('y1', m, mid_c)).relu_()
+        mid.index_copy_(0, needed_rows, y1)
+    taps = conv2_taps(active_rows, batch, out_h, out_w, in_h, in_w, stride)
+    cols = torch.index_select(mid, 0, taps.flatten(), out=buffer('cols', 9 * n, mid_c))
+    y2 = torch.addmm(f['b2'], cols.view(n, 9 * mid_c), f['w2'], out=buffer('y2', n, mid_c))
+    y3.add_(f['b3']).addmm_(y2.relu_(), f['w3']).relu_()
+    _rows(out).index_copy_(0, active_rows, y3)
+    return out

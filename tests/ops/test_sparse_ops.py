@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 
 from lasnet_mmdet.models.backbones.las_resnet import LASResNet
 from lasnet_mmdet.ops import dense_masked_forward, las_bottleneck_forward
+from lasnet_mmdet.ops.layout import to_nchw
 
 sys.path.insert(0, os.path.dirname(__file__))
 from ops_helpers import assert_close_to_scale, coarse_for, make_block  # noqa: E402
@@ -112,6 +113,39 @@ def test_public_api_sparse_equals_off():
             out = backbone(x)
     for o, r in zip(out, ref):
         assert_close_to_scale(o, r, 1e-4)
+
+
+def test_outputs_do_not_share_the_reused_workspace():
+    # Block outputs live in two alternating workspace buffers kept between forwards: the
+    # returned stage outputs must be fresh NCHW tensors that a later forward cannot overwrite.
+    torch.manual_seed(0)
+    backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='torch',
+                         out_indices=(0, 1, 3)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        with backbone.pinned_masks(0.5, seed=1):
+            first = backbone(x)
+        kept = [o.clone() for o in first]
+        with backbone.pinned_masks(0.7, seed=2):
+            backbone(torch.randn(1, 3, 64, 96))
+        backbone.sparse_inference = 'off'
+        with backbone.pinned_masks(0.5, seed=1):
+            ref = backbone(x)
+    assert backbone._workspace.nbytes > 0
+    for o, k, r in zip(first, kept, ref):
+        assert o.is_contiguous() and torch.equal(o, k)
+        assert_close_to_scale(o, r, 1e-4)
+    backbone.train()
+    assert backbone._workspace.nbytes == 0
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 7, 9), (1, 300, 3, 100), (1, 8, 1, 1)])
+def test_to_nchw_blocked_copy(shape):
+    t = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    out = to_nchw(t)
+    assert out.is_contiguous() and torch.equal(out, t)
+    fresh = to_nchw(out, fresh=True)
+    assert torch.equal(fresh, t) and fresh.data_ptr() != out.data_ptr()
 
 
 def test_block_forward_dispatches_and_matches():

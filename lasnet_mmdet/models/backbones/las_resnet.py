@@ -13,11 +13,16 @@ import math
 from contextlib import ExitStack, contextmanager
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from torch.nn.modules.batchnorm import _BatchNorm
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
+from ...ops.fold_bn import folded_conv
+from ...ops.layout import to_nchw
+from ...ops.workspace import Workspace, use_workspace
 from ..layers.masker import Masker, dilate_mask, upsample_mask
 
 SPARSE_INFERENCE_MODES = ('auto', 'torch', 'triton', 'off')
@@ -168,6 +173,8 @@ class LASResNet(ResNet):
         self.tau = tau
         self._warned_no_cost_loss = False
         self.cost_loss_attached = False  # set by LatencyLossHook
+        # Scratch buffers of the PyTorch sparse backend, kept between forwards (never saved).
+        self._workspace = Workspace()
 
     def make_res_layer(self, **kwargs):
         stage = int(math.log2(kwargs['planes'] // self.base_channels))
@@ -213,6 +220,8 @@ class LASResNet(ResNet):
             block.sparse_inference = mode
 
     def train(self, mode=True):
+        if mode:
+            self._workspace.release()
         super().train(mode)  # mmdet's ResNet.train returns None; nn.Module's returns self
         return self
 
@@ -232,9 +241,34 @@ class LASResNet(ResNet):
                       logger='current', level=30)
             self._warned_no_cost_loss = True
         self._input_size = tuple(x.shape[-2:])
-        # The sparse ops work channels-last; necks and heads (mmcv's CPU RoIAlign reads raw
-        # NCHW memory) get the layout mmdet's ResNet returns.
-        return tuple(out.contiguous() for out in super().forward(x))
+        if self.training or self.sparse_inference == 'off':
+            outs = super().forward(x)
+            # Necks and heads (mmcv's CPU RoIAlign reads raw NCHW memory) get NCHW, as from
+            # mmdet's ResNet, whatever layout the input had.
+            return tuple(to_nchw(out) for out in outs)
+        with use_workspace(self._workspace):
+            return self._sparse_forward(x)
+
+    def _sparse_forward(self, x):
+        """mmdet's ResNet forward, the stem's BN folded into its conv when nothing records
+        gradients (the stem maps are the largest of the network: one pass over them fewer).
+        Each stage output is copied to a fresh NCHW tensor as soon as its stage ends, before
+        the workspace reuses its buffer (``lasnet_mmdet.ops.workspace``)."""
+        stem = (self.conv1, self.norm1)
+        if self.deep_stem or not isinstance(self.norm1, _BatchNorm) or (
+                torch.is_grad_enabled() and any(p.requires_grad for m in stem
+                                                for p in m.parameters())):
+            x = self.stem(x) if self.deep_stem else self.relu(self.norm1(self.conv1(x)))
+        else:
+            weight, bias = folded_conv(self.conv1, self.norm1, x.dtype)
+            x = F.conv2d(x, weight, bias, self.conv1.stride, self.conv1.padding).relu_()
+        x = self.maxpool(x)
+        outs = []
+        for i, layer_name in enumerate(self.res_layers):
+            x = getattr(self, layer_name)(x)
+            if i in self.out_indices:
+                outs.append(to_nchw(x, fresh=True))
+        return tuple(outs)
 
     @property
     def las_stats(self):

@@ -8,22 +8,11 @@
 Inactive output rows are ReLU(residual): one elementwise ReLU writes the whole output first.
 """
 import torch
-import torch.nn.functional as F
 
-from ..fold_bn import folded_downsample, folded_weights
+from ..fold_bn import downsample_residual, folded_weights
 from ..patches import conv_out
 from .compact import compact_rows
 from .gemm import conv3x3_rows, rows_gemm
-
-
-def _residual(block, x):
-    if block.downsample is None:
-        return x
-    folded = folded_downsample(block, x.dtype)
-    if folded is None:  # e.g. avg_down: run the module as built
-        return block.downsample(x).contiguous(memory_format=torch.channels_last)
-    weight, bias, stride = folded
-    return F.conv2d(x, weight, bias, stride).contiguous(memory_format=torch.channels_last)
 
 
 def triton_forward(block, x, coarse):
@@ -47,7 +36,7 @@ def triton_forward(block, x, coarse):
     y2 = x.new_empty(out_rows, mid_c)
     conv3x3_rows(mid, f['w2'], f['b2'], y2, active, counts[1:], out_rows, (in_h, in_w),
                  (out_h, out_w), stride)
-    res = _residual(block, x)
+    res = downsample_residual(block, x)
     out = torch.relu(res)
     rows_gemm(y2, f['w3'], f['b3'], out, active, counts[1:], out_rows, gather_a=False,
               scatter_out=True, res=res)
