@@ -7,9 +7,13 @@ logits (index 0 = execute, 1 = skip) with a 1x1 conv, and decides:
 * training: hard Gumbel-softmax at temperature ``tau`` with a straight-through gradient;
 * eval: ``execute >= skip`` (ties execute), no noise.
 
+In eval on CUDA, without autograd, one fused Triton kernel (``ops.triton.masker``) computes the
+same decision from the input directly; ``logits`` stays the PyTorch reference.
+
 The module is named ``masker`` inside a block and its conv ``conv2``, so LASNet checkpoints
 (``layerX.i.masker.conv2.{weight,bias}``) load 1:1.
 """
+import importlib.util
 import math
 from contextlib import contextmanager
 
@@ -102,10 +106,22 @@ class Masker(BaseModule):
             rate, generator = self.pinned
             h, w = coarse_grid_size(out_h, out_w, self.granularity)
             return random_coarse_mask(x.shape[0], h, w, rate, generator, x.device).to(x.dtype)
+        if self._fused_eval(x):
+            # Imported here so that installs without triton still import this module.
+            from ...ops.triton.masker import masker_decision
+            return masker_decision(x, self.conv2.weight, self.conv2.bias,
+                                   self.stride * self.granularity)
         logits = self.logits(x)
         if self.training:
             return F.gumbel_softmax(logits, tau=tau, hard=True, dim=1)[:, :1]
         return (logits[:, :1] >= logits[:, 1:]).to(x.dtype)
+
+    def _fused_eval(self, x):
+        # Inference only (the kernel has no backward), on CUDA, in the kernel's dtypes.
+        return (not self.training
+                and not (torch.is_grad_enabled() and self.conv2.weight.requires_grad)
+                and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+                and importlib.util.find_spec('triton') is not None)
 
     @contextmanager
     def pin(self, rate, generator):
