@@ -148,6 +148,17 @@ def test_to_nchw_blocked_copy(shape):
     assert torch.equal(fresh, t) and fresh.data_ptr() != out.data_ptr()
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_triton_cl_to_nchw(dtype):
+    from lasnet_mmdet.ops.triton.layout import cl_to_nchw
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'  # CPU: in the interpreter
+    t = torch.randn(2, 70, 9, 15, device=device).to(dtype)
+    out = cl_to_nchw(t.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous() and torch.equal(out, t)
+    with pytest.raises(ValueError, match='channels-last'):
+        cl_to_nchw(torch.randn(1, 3, 4, 5, device=device))
+
+
 def test_block_forward_dispatches_and_matches():
     block = make_block(64, 16, 4, 2, True)
     x = torch.randn(2, 64, 19, 23)
