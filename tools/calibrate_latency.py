@@ -16,8 +16,8 @@ from dataclasses import replace
 import torch
 
 from lasnet_mmdet.latency import measure
-from lasnet_mmdet.latency.calibrate import (calibrate, fit_efficiency, load_measurements,
-                                            log_errors, save_measurements)
+from lasnet_mmdet.latency.calibrate import (calibrate, fit_benchmarks, fit_efficiency,
+                                            load_measurements, save_measurements)
 from lasnet_mmdet.latency.hardware import ProfileError, load_profile
 from lasnet_mmdet.latency.predictor import SCHEDULES, kernels_time
 
@@ -77,11 +77,14 @@ def main(argv=None):
         if args.save_measurements:
             save_measurements(args.save_measurements, benches, profile)
     print(f'{"benchmark":<44}{"measured ms":>12}{"predicted":>11}{"error":>8}')
-    for bench, err in zip(benches, log_errors(profile, benches)):
+    fit_set = fit_benchmarks(profile, benches)
+    for bench in benches:
         pred = kernels_time(bench.kernels, profile)
         print(f'{bench.name:<44}{bench.measured_s * 1e3:>12.3f}{pred * 1e3:>11.3f}'
-              f'{100 * (pred / bench.measured_s - 1):>7.1f}%')
-    print(f'fitted efficiencies: {profile.efficiency} (rms log error {rms:.3f})')
+              f'{100 * (pred / bench.measured_s - 1):>7.1f}%'
+              + ('' if bench in fit_set else '  (check only, not fitted)'))
+    print(f'fitted efficiencies: {profile.efficiency} (rms log error {rms:.3f} over the '
+          f'{len(fit_set)} fitted benchmarks)')
     profile.save(args.out)
     print(f'profile written to {args.out}')
     return profile

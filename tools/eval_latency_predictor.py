@@ -59,7 +59,7 @@ def compare_benchmark(path, profile, schedule, dtype):
 
     def predict(rate):
         return 1e3 * predict_backbone(profile, *shape, g, rate, schedule=sched,
-                                      bookkeeping=True, **kw)['total']
+                                      **kw)['total']
     static = 1e3 * predict_backbone(profile, *shape, None, **kw)['total']
     out = dict(path=path, cuda_graphs=graphs, granularity=list(g), rate=bench['rate'],
                dense_ms=times['dense_ms'], dense_predicted_ms=static,
@@ -173,7 +173,7 @@ def main(argv=None):
             m_las = measure_backbone(las, *args.shape, r, 1, device, dtype)
         p_static = predict_backbone(profile, *args.shape, None, dtype=dtype)['total']
         p_las = predict_backbone(profile, *args.shape, g, r, schedule=schedule,
-                                 dtype=dtype, bookkeeping=True)['total']
+                                 dtype=dtype)['total']
         result.update(backbone=dict(granularity=list(g), rate=r,
                                     measured_ms=m_las * 1e3, predicted_ms=p_las * 1e3,
                                     static_measured_ms=m_static * 1e3,

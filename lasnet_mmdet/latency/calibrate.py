@@ -33,7 +33,7 @@ from .predictor import (BlockShape, Kernel, _conv, get_schedule, kernels_time, l
 
 FIT_KEYS = {'cpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us', 'layout', 'alloc',
                     'pool'),
-            'gpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us')}
+            'gpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us', 'layout')}
 # Offsets so that parameters whose best value may be 0 live on a log scale too.
 _LOG_OFFSET = dict(small_dim=1.0, launch_us=0.1)
 
@@ -225,8 +225,23 @@ def log_errors(profile, benches, dtype=None):
     return [math.log(kernels_time(b.kernels, profile, dtype) / b.measured_s) for b in benches]
 
 
+# On GPUs the single dense convs and the stem run cuDNN's kernels (NCHW transforms, special
+# first-layer kernels) that the predictor's GEMM model does not describe: fitting one compute
+# efficiency to them and to the project's Triton kernels left both mispredicted (H100: rms
+# log error 0.39, block MAPE 20 %). They are still measured and printed, as a check.
+CHECK_ONLY_OPS = {'cpu': (), 'gpu': ('conv', 'stem')}
+
+
+def fit_benchmarks(profile, benches):
+    """The benchmarks the efficiencies of ``profile``'s kind are fitted on."""
+    skip = CHECK_ONLY_OPS[profile.kind]
+    return [b for b in benches if (b.spec or {}).get('op') not in skip]
+
+
 def fit_efficiency(profile, benches, keys=None, dtype=None, iters=400):
-    """Efficiencies minimising the mean squared log error over ``benches`` (pattern search)."""
+    """Efficiencies minimising the mean squared log error over ``benches`` (pattern search),
+    leaving out the ops ``CHECK_ONLY_OPS`` lists for the profile's kind."""
+    benches = fit_benchmarks(profile, benches)
     keys = tuple(keys or FIT_KEYS[profile.kind])
     lows = {k: max(EFFICIENCY_BOUNDS[k][0], 1e-4) for k in keys}
     highs = {k: EFFICIENCY_BOUNDS[k][1] for k in keys}

@@ -49,7 +49,8 @@ class LatencyCost:
             h, w = shape.out_hw
 
     def tables(self, backbone, in_h, in_w, batch=1):
-        """``(stem_s, {name: (static_s, tensor of knots+1 latencies)})`` at an input size."""
+        """``((las_stem_s, static_stem_s), {name: (static_s, tensor of knots+1 latencies)})``
+        at an input size (the LAS stem has its BN folded, as in sparse inference)."""
         key = (id(backbone), in_h, in_w, batch)
         if key not in self._tables:
             p, dt = self.profile, self.dtype
@@ -62,15 +63,15 @@ class LatencyCost:
                                     p, dt) for r in rates]
                 blocks[name] = (predict_static_block(shape, p, dt),
                                 torch.tensor(lat, dtype=torch.float64))
-            stem = kernels_time(stem_kernels(in_h, in_w, batch, dt), p, dt)
+            stem = tuple(kernels_time(stem_kernels(in_h, in_w, batch, dt, folded=folded), p, dt)
+                         for folded in (True, False))
             self._tables[key] = (stem, blocks)
         return self._tables[key]
 
     def __call__(self, backbone, batch=1):
         """``(predicted_s, static_s)`` of the backbone's last forward; the first has grad."""
         stats = backbone.las_stats
-        stem, tables = self.tables(backbone, *backbone._input_size, batch)
-        predicted, static = stem, stem
+        (predicted, static), tables = self.tables(backbone, *backbone._input_size, batch)
         for name, block in stats['blocks'].items():
             block_static, table = tables[name]
             rate = block['rate']

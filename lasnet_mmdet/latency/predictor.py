@@ -30,9 +30,9 @@ from dataclasses import dataclass, replace
 
 from .hardware import DTYPE_BYTES, load_profile
 
-# Per-block small ops of LASResNet's forward around the sparse kernels (mask upsampling and
-# dilation for its statistics): counted in backbone predictions that ask for them.
-BOOKKEEPING_OPS = 8
+# Cost of each GPU wave of tiles after the first, relative to the first (H100, Triton GEMMs
+# at batch 1: latency rises smoothly, not in steps, where the tile count crosses the SM count).
+LATER_WAVE_COST = 0.5
 ARCH = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
@@ -65,7 +65,8 @@ SCHEDULES = {
     # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3).
     'rows': Schedule(patch_tiles=False),
     # lasnet_mmdet.ops torch backend: row GEMMs, explicit gathers, index_add, ReLU passes,
-    # some 25 small ops to build the row lists.
+    # some 25 small ops to build the row lists; buffers reused from a workspace (no fresh
+    # pages), BN folded everywhere, the masker as avg-pool + 1x1 conv.
     'torch': Schedule(patch_tiles=False, gather_in_conv=False, fused_scatter=False,
                       masker_fused=False, epilogue_fused=False, dense_conv1_above=0.75,
                       index_ops=25),
@@ -151,17 +152,20 @@ def _gemm_compute_s(kernel, profile, dtype):
     """Compute (and on-chip traffic) time of a GEMM, with tile and wave quantisation on GPU."""
     M, N, K = kernel.M, kernel.N, kernel.K
     peak = profile.peak_flops(dtype) * profile.efficiency['compute']
-    peak *= _shape_efficiency(profile, (M, N, K))
     if profile.kind == 'cpu':
-        return 2.0 * M * N * K / peak
-    per_sm = peak / profile.sms
+        return 2.0 * M * N * K / (peak * _shape_efficiency(profile, (M, N, K)))
+    # On a GPU, M and N enter through the (padded) tiles; a short K still costs pipeline
+    # fill per tile.
+    per_sm = peak * _shape_efficiency(profile, (K, )) / profile.sms
     onchip = profile.onchip_gbps * 1e9
     nbytes = DTYPE_BYTES[dtype]
     best = math.inf
     for tm in (profile.tile // 2, profile.tile):
         for tn in (profile.tile // 2, profile.tile):
             tiles = math.ceil(M / tm) * math.ceil(N / tn)
-            waves = math.ceil(tiles / profile.sms)
+            # Wave quantisation, softened: tiles that share an SM overlap each other's memory
+            # latency, so each wave after the first costs a fraction of the first.
+            waves = 1 + (math.ceil(tiles / profile.sms) - 1) * LATER_WAVE_COST
             t_comp = waves * 2.0 * tm * tn * K / per_sm
             # Every N-tile re-reads its A rows and every M-tile its B columns from L2.
             t_l2 = (M * K * math.ceil(N / tn) + K * N * math.ceil(M / tm)) * nbytes / onchip
@@ -175,8 +179,9 @@ def kernel_time(kernel, profile, dtype=None):
     eff = profile.efficiency
     bandwidth = profile.dram_gbps * 1e9 * eff['memory']
     t_mem = kernel.bytes / bandwidth + kernel.gathered_bytes / (bandwidth * eff['gather'])
-    if profile.kind == 'cpu':
+    if profile.kind == 'cpu' or dtype in ('fp16', 'bf16'):  # GPUs: for tensor cores only
         t_mem += kernel.layout_bytes / (bandwidth * eff['layout'])
+    if profile.kind == 'cpu':
         t_mem += kernel.alloc_bytes / (bandwidth * eff['alloc'])
         t_mem += kernel.window_bytes / (bandwidth * eff['pool'])
     t_work = max(_gemm_compute_s(kernel, profile, dtype), t_mem) if kernel.is_gemm else t_mem
@@ -204,12 +209,14 @@ def _fresh(nbytes):
     return nbytes if nbytes > MMAP_THRESHOLD else 0.0
 
 
-def _conv(name, M, N, K, in_elems, out_elems, b, nchw=True):
-    """A dense conv as a GEMM kernel (streamed input, weights, output); on NCHW tensors a
-    CPU conv also converts its input and output to and from oneDNN's blocked layout."""
+def _conv(name, M, N, K, in_elems, out_elems, b, nchw=True, fresh=True):
+    """A dense conv as a GEMM kernel (streamed input, weights, output); on NCHW tensors it
+    also converts its input and output to and from the library's preferred layout (oneDNN's
+    blocked one on CPUs, NHWC for half-precision tensor cores). ``fresh``: the output is a
+    new tensor (not a reused buffer)."""
     layout = 2 * (in_elems + out_elems) * b if nchw else 0.0
     return Kernel(name, M, N, K, bytes=(in_elems + out_elems + N * K) * b, layout_bytes=layout,
-                  alloc_bytes=_fresh(out_elems * b))
+                  alloc_bytes=_fresh(out_elems * b) if fresh else 0.0)
 
 
 def _eltwise(name, elems, b, passes=2, fresh=False):
@@ -301,16 +308,15 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
     ks = []
     if shape.downsample:
         ks.append(_conv('downsample', out_px, cout, cin, out_px * cin, dense_out, b,
-                        nchw=False))  # channels-last in both backends
-        if not schedule.bn_folded or not schedule.fused_scatter:  # torch: the module as built
-            ks.append(_eltwise('downsample.bn', dense_out, b, fresh=True))
-    elif not schedule.fused_scatter:
-        ks.append(_eltwise('residual_copy', dense_out, b, fresh=True))
+                        nchw=False, fresh=False))  # channels-last, into the block's output
+        if not schedule.bn_folded:
+            ks.append(_eltwise('downsample.bn', dense_out, b))
     if schedule.fused_scatter:
         # Read residual + active rows, write the output, ReLU in the same pass.
         ks.append(Kernel('scatter_add_relu', bytes=2 * dense_out * b,
                          gathered_bytes=n_out_rows * cout * b))
     else:
+        # Residual rows gathered, conv3 added, copied back; ReLU(residual) everywhere once.
         ks.append(Kernel('index_add', gathered_bytes=3 * n_out_rows * cout * b))
         ks.append(_eltwise('relu', dense_out, b))
     return ks
@@ -320,7 +326,7 @@ def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None):
     """A conv GEMM (+ its BN / ReLU passes when the schedule does not fuse them)."""
     ks = [Kernel(name, M if m_pad is None else m_pad, N, K,
                  bytes=(M * N + N * K + (0 if gathered else in_elems)) * b,
-                 gathered_bytes=in_elems * b if gathered else 0.0, alloc_bytes=_fresh(M * N * b))]
+                 gathered_bytes=in_elems * b if gathered else 0.0)]
     if not schedule.bn_folded:
         ks.append(_eltwise(name + '.bn', M * N, b, fresh=True))
     if not schedule.epilogue_fused:
@@ -345,16 +351,14 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
     elif schedule.gather_in_conv:
         ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b, gathered=True)
     else:
-        ks.append(Kernel('gather1', bytes=n1 * cin * b, gathered_bytes=n1 * cin * b,
-                         alloc_bytes=_fresh(n1 * cin * b)))
+        ks.append(Kernel('gather1', bytes=n1 * cin * b, gathered_bytes=n1 * cin * b))
         ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b)
         ks.append(Kernel('scatter1', bytes=n1 * mid * b, gathered_bytes=n1 * mid * b))
     if schedule.gather_in_conv:
         # Implicit GEMM: the nine taps' re-reads hit on-chip memory; DRAM sees conv1's rows.
         ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True)
     else:
-        ks.append(Kernel('gather2', bytes=9 * n2 * mid * b, gathered_bytes=9 * n2 * mid * b,
-                         alloc_bytes=_fresh(9 * n2 * mid * b)))
+        ks.append(Kernel('gather2', bytes=9 * n2 * mid * b, gathered_bytes=9 * n2 * mid * b))
         ks += _gemm('conv2', n2, mid, 9 * mid, 9 * n2 * mid, schedule, b)
     ks += _gemm('conv3', n2, shape.out_channels, mid, n2 * mid,
                 schedule.replace(epilogue_fused=True), b)
@@ -390,26 +394,26 @@ def _patch_kernels(shape, granularity, rate, schedule, dtype, exact):
     return ks + _residual_kernels(shape, schedule, px2, b)
 
 
-def bookkeeping_kernel(shape):
-    """The small ops of ``LASBottleneck.forward`` besides the sparse kernels (statistics)."""
-    out_h, out_w = shape.out_hw
-    px = shape.batch * (shape.in_h * shape.in_w + out_h * out_w)
-    return Kernel('bookkeeping', bytes=8 * px, launches=BOOKKEEPING_OPS)
-
-
-def stem_kernels(in_h, in_w, batch=1, dtype='fp32', in_channels=3, stem_channels=64):
-    """mmdet ResNet stem: 7x7/2 conv, BN, ReLU, 3x3/2 max-pool."""
+def stem_kernels(in_h, in_w, batch=1, dtype='fp32', in_channels=3, stem_channels=64,
+                 folded=False):
+    """mmdet ResNet stem: 7x7/2 conv, BN, ReLU, 3x3/2 max-pool (NCHW). ``folded``: as
+    ``LASResNet`` runs it in sparse inference, BN folded into a channels-last conv, ReLU in
+    place, max-pool on channels-last maps (a plain streaming pass)."""
     b = DTYPE_BYTES[dtype]
     h, w = conv_out(in_h, 2), conv_out(in_w, 2)
     px = batch * h * w
     ph, pw = conv_out(h, 2), conv_out(w, 2)
-    return [_conv('stem.conv', px, stem_channels, 49 * in_channels,
-                  batch * in_h * in_w * in_channels, px * stem_channels, b),
-            _eltwise('stem.bn', px * stem_channels, b, fresh=True),
+    conv = _conv('stem.conv', px, stem_channels, 49 * in_channels,
+                 batch * in_h * in_w * in_channels, px * stem_channels, b, nchw=not folded)
+    pool_bytes = (px + batch * ph * pw) * stem_channels * b
+    pool_fresh = _fresh(batch * ph * pw * stem_channels * b)
+    if folded:
+        return [conv, _eltwise('stem.relu', px * stem_channels, b),
+                Kernel('stem.maxpool', bytes=pool_bytes, alloc_bytes=pool_fresh)]
+    return [conv, _eltwise('stem.bn', px * stem_channels, b, fresh=True),
             _eltwise('stem.relu', px * stem_channels, b),
-            Kernel('stem.maxpool', bytes=(px + batch * ph * pw) * stem_channels * b,
-                   window_bytes=9 * batch * ph * pw * stem_channels * b,
-                   alloc_bytes=_fresh(batch * ph * pw * stem_channels * b))]
+            Kernel('stem.maxpool', bytes=pool_bytes,
+                   window_bytes=9 * batch * ph * pw * stem_channels * b, alloc_bytes=pool_fresh)]
 
 
 # --- public API -------------------------------------------------------------------------------
@@ -449,13 +453,11 @@ def resnet_block_shapes(in_h, in_w, depth=101, batch=1, base_channels=64):
 
 
 def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101, batch=1,
-                     schedule=None, dtype=None, exact=True, bookkeeping=False,
-                     nchw_outputs=True):
+                     schedule=None, dtype=None, exact=True, nchw_outputs=True):
     """Per-part seconds of a whole backbone; static when ``granularity`` is None.
 
-    ``rate`` is one r for every block or a sequence with one r per block. ``bookkeeping``
-    adds the small per-block ops of ``LASResNet.forward`` (statistics, mask pinning), to
-    compare with a measured ``LASResNet``; they do not depend on S or r. ``nchw_outputs``:
+    ``rate`` is one r for every block or a sequence with one r per block. A LAS backbone's
+    stem has its BN folded (as ``LASResNet`` runs it in sparse inference). ``nchw_outputs``:
     LASResNet hands necks NCHW maps, converting each stage output from the sparse ops'
     channels-last layout (a transposing copy).
     Returns ``dict(total=, stem=, blocks=[...], stages=[4 sums])``.
@@ -469,15 +471,14 @@ def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101,
     rates = list(rate) if hasattr(rate, '__len__') else [rate] * len(shapes)
     if len(rates) != len(shapes):
         raise ValueError(f'need {len(shapes)} rates, got {len(rates)}')
-    stem = kernels_time(stem_kernels(in_h, in_w, batch, dtype), profile, dtype)
+    stem = kernels_time(stem_kernels(in_h, in_w, batch, dtype, folded=granularity is not None),
+                        profile, dtype)
     blocks, stages = [], [0.0] * 4
     for (stage, _, shape), r in zip(shapes, rates):
         if granularity is None:
             t = predict_static_block(shape, profile, dtype)
         else:
             t = predict_las_block(shape, granularity[stage], r, profile, schedule, dtype, exact)
-            if bookkeeping:
-                t += kernel_time(bookkeeping_kernel(shape), profile, dtype)
         blocks.append(t)
         stages[stage] += t
     outputs = 0.0
