@@ -119,10 +119,13 @@ def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', back
     block.sparse_inference = backend
     x = torch.randn(shape.batch, shape.in_channels, shape.in_h, shape.in_w, device=device,
                     dtype=TORCH_DTYPES[dtype])
-    # Channels-last, as every sparse block's output is: no layout copy inside the timing.
-    x = x.contiguous(memory_format=torch.channels_last)
     mask = coarse_mask(shape, granularity, rate, device, dtype)
     workspace = Workspace()  # reused call to call, as inside a LASResNet forward
+    # As inside the backbone: the input is the previous block's output (channels-last, >= 0),
+    # which an identity block finds in the workspace and updates in place.
+    x = x.relu_().contiguous(memory_format=torch.channels_last)
+    if not shape.downsample:
+        x = workspace.output(tuple(x.shape), x.dtype, x.device).copy_(x)
 
     def forward():
         with use_workspace(workspace):

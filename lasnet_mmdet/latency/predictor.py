@@ -316,9 +316,11 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
         ks.append(Kernel('scatter_add_relu', bytes=2 * dense_out * b,
                          gathered_bytes=n_out_rows * cout * b))
     else:
-        # Residual rows gathered, conv3 added, copied back; ReLU(residual) everywhere once.
+        # Residual rows gathered, conv3 added, copied back; ReLU(residual) everywhere once,
+        # except in an identity block, whose input (a block output, >= 0) becomes its output.
         ks.append(Kernel('index_add', gathered_bytes=3 * n_out_rows * cout * b))
-        ks.append(_eltwise('relu', dense_out, b))
+        if shape.downsample:
+            ks.append(_eltwise('relu', dense_out, b))
     return ks
 
 

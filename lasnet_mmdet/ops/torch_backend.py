@@ -11,7 +11,8 @@ BN folded in (``fold_bn``):
    active pixels only; taps outside the image read the zero row) and one GEMM.
 3. conv3 (1x1) GEMM accumulated onto the gathered residual rows + ReLU, copied into the output,
    which is ReLU(residual) everywhere else (the downsample, when there is one, is a GEMM too,
-   written straight into the output and made ReLU in place).
+   written straight into the output and made ReLU in place; an identity block whose input is
+   the previous block's workspace output writes into that input, which is already >= 0).
 
 Every buffer, the output included, comes from the current ``Workspace`` (no fresh pages per
 block). All row sets come from ``patches``; the host reads their sizes
@@ -21,7 +22,7 @@ import torch
 
 from .fold_bn import folded_conv, folded_weights, is_folded_downsample
 from .patches import conv2_taps, conv_out, pixel_masks
-from .workspace import block_output, scratch
+from .workspace import block_output, is_block_output, scratch
 
 # conv1 runs densely when more than this fraction of its rows is needed: the gather and the
 # scatter of the rows then cost more than the GEMM rows they save (measured on 2 CPU cores).
@@ -64,18 +65,22 @@ def torch_forward(block, x, coarse):
     active_rows = active.flatten().nonzero().squeeze(1)
     n = active_rows.numel()
 
-    out = block_output((batch, out_c, out_h, out_w), x.dtype, x.device)
-    if block.downsample is None:
-        res_rows = x_rows
+    if block.downsample is None and is_block_output(x):
+        # x is the previous block's output: already >= 0 (so ReLU(residual) = x where no patch
+        # runs) and read by no one after this block: the output is x, updated in place.
+        out, res_rows = x, x_rows
+    elif block.downsample is None:
+        out, res_rows = block_output((batch, out_c, out_h, out_w), x.dtype, x.device), x_rows
     else:
+        out = block_output((batch, out_c, out_h, out_w), x.dtype, x.device)
         _downsample_into(block, x, out)
         res_rows = _rows(out)
     # conv3's accumulator starts as the residual rows, gathered before any ReLU touches them.
     y3 = torch.index_select(res_rows, 0, active_rows, out=buffer('y3', n, out_c))
-    if block.downsample is None:
-        torch.clamp_min(x, 0, out=out)
-    else:
+    if block.downsample is not None:
         out.relu_()
+    elif out is not x:
+        torch.clamp_min(x, 0, out=out)
     if n == 0:
         return out
 

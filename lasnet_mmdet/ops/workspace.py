@@ -7,7 +7,8 @@ need the same kinds of intermediates (conv1 map, gathered rows, im2col columns),
 buffer per kind, grown to the largest request, serves every block.
 
 Block outputs alternate between two more buffers (``output``): a block's output is read by the
-next block only, which writes the other one. Whoever holds a workspace output longer (a stage
+next block only, which writes the other one (or, an identity block, updates it in place).
+Whoever holds a workspace output longer (a stage
 output) copies it before the second next block runs: ``LASResNet`` converts each stage output
 to a fresh NCHW tensor as soon as the stage ends.
 
@@ -47,6 +48,11 @@ class Workspace:
                        device)
         return buf.permute(0, 3, 1, 2)
 
+    def owns_output(self, t):
+        """Whether ``t`` is a view returned by ``output`` (a block output of this workspace)."""
+        return any(t.data_ptr() == buf.data_ptr() for name, buf in self._buffers.items()
+                   if name.startswith('output'))
+
     def release(self):
         """Free every buffer (they are allocated again when next needed)."""
         self._buffers.clear()
@@ -73,6 +79,12 @@ def scratch(name, shape, dtype, device):
     if workspace is None:
         return torch.empty(shape, dtype=dtype, device=device)
     return workspace.get(name, shape, dtype, device)
+
+
+def is_block_output(t):
+    """Whether ``t`` is a block output held by the current workspace."""
+    workspace = getattr(_current, 'workspace', None)
+    return workspace is not None and workspace.owns_output(t)
 
 
 def block_output(shape, dtype, device):
