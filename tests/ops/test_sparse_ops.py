@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 from lasnet_mmdet.models.backbones.las_resnet import LASResNet
 from lasnet_mmdet.ops import dense_masked_forward, las_bottleneck_forward
 from lasnet_mmdet.ops.layout import to_nchw
+from lasnet_mmdet.ops.workspace import Workspace, use_workspace
 
 sys.path.insert(0, os.path.dirname(__file__))
 from ops_helpers import assert_close_to_scale, coarse_for, make_block  # noqa: E402
@@ -137,6 +138,25 @@ def test_outputs_do_not_share_the_reused_workspace():
         assert_close_to_scale(o, r, 1e-4)
     backbone.train()
     assert backbone._workspace.nbytes == 0
+
+
+def test_identity_block_writes_in_place_only_into_workspace_outputs():
+    block = make_block(64, 16, 2, 1, downsample=False)
+    x = torch.randn(1, 64, 12, 14).contiguous(memory_format=torch.channels_last)
+    coarse = coarse_for(block, x, 0.5)
+    workspace = Workspace()
+    with torch.no_grad(), use_workspace(workspace):
+        # The caller's tensor (negative values included) is left alone.
+        before = x.clone()
+        out = las_bottleneck_forward(block, x, coarse, 'torch')
+        assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+        assert_close_to_scale(out, dense_masked_forward(block, x, coarse), 1e-4)
+        # A previous block's output (>= 0, held by the workspace) becomes this block's output.
+        x_ws = workspace.output(tuple(x.shape), x.dtype, x.device).copy_(x.relu())
+        ref = dense_masked_forward(block, x.relu(), coarse)
+        out = las_bottleneck_forward(block, x_ws, coarse, 'torch')
+        assert out.data_ptr() == x_ws.data_ptr()
+        assert_close_to_scale(out, ref, 1e-4)
 
 
 @pytest.mark.parametrize('shape', [(2, 5, 7, 9), (1, 300, 3, 100), (1, 8, 1, 1)])
