@@ -2,7 +2,7 @@
 
     python tools/benchmark_latency.py CONFIG --device cuda --shape 800 1216 --batch 1 \
         --dtype fp16 --rate 0.5 [--granularity 4 4 2 1] [--rates 0.1 0.2 ...] \
-        [--cuda-graph] [--detector] [--json OUT]
+        [--cuda-graph] [--detector] [--profile-kernels] [--json OUT]
 
 CONFIG is an mmdet config whose ``model.backbone`` is a LASResNet. The dense baseline is
 mmdet's ``ResNet`` of the same depth and arguments holding the same weights (random weights:
@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument('--cuda-graph', action='store_true',
                    help='also time dense and sparse captured in CUDA graphs')
     p.add_argument('--detector', action='store_true', help='also time the whole predict()')
+    p.add_argument('--profile-kernels', action='store_true',
+                   help='also list where one dense and one sparse forward spend their time '
+                        '(torch.profiler: CUDA kernels on cuda, operators on cpu)')
     p.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', help='write the results here')
@@ -268,7 +271,38 @@ def run(args):
 
     if args.detector:
         res['detector'] = time_detector(cfg, bcfg, dense, las, x, args)
+    if args.profile_kernels:
+        unfreeze_masks(las)
+        freeze_masks(las, x, args.rate, args.seed)
+        las.sparse_inference = args.backend
+        res['kernels'] = {'dense': kernel_table(lambda: dense(x), device),
+                          'sparse': kernel_table(lambda: las(x), device)}
     return res
+
+
+def kernel_table(fn, device, top=12):
+    """Time of one call of ``fn`` by kernel name (CUDA) or operator (CPU, self time)."""
+    from torch.profiler import ProfilerActivity, profile
+    activity = ProfilerActivity.CUDA if device == 'cuda' else ProfilerActivity.CPU
+    with torch.no_grad():
+        fn()  # warm (autotuning, caches) outside the profile
+        sync(device)
+        with profile(activities=[activity]) as prof:
+            fn()
+            sync(device)
+    totals = {}
+    if device == 'cuda':
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                calls, us = totals.get(e.name, (0, 0.0))
+                totals[e.name] = (calls + 1, us + e.device_time_total)
+    else:
+        for e in prof.key_averages():
+            totals[e.key] = (e.count, e.self_cpu_time_total)
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][1])
+    return dict(calls=sum(c for c, _ in totals.values()),
+                total_ms=sum(us for _, us in totals.values()) / 1e3,
+                top=[dict(name=name, calls=c, ms=us / 1e3) for name, (c, us) in rows[:top]])
 
 
 def time_detector(cfg, bcfg, dense, las, x, args):
@@ -327,6 +361,10 @@ def print_table(res):
         d = res['detector']
         print(f"predict(): dense {d['dense_ms']:.2f} ms, masked {d['masked_ms']:.2f} ms, "
               f"sparse {d['sparse_ms']:.2f} ms, ratio {d['ratio']:.3f}")
+    for variant, table in res.get('kernels', {}).items():
+        print(f"{variant}: {table['calls']} kernels/ops, {table['total_ms']:.3f} ms")
+        for row in table['top']:
+            print(f"  {row['ms']:>9.3f} ms {row['calls']:>5}  {row['name'][:70]}")
     if 'curve' in res:
         print(f"{'rate':>6}{'dense ms':>10}{'sparse ms':>11}{'ratio':>8}{'MACs ratio':>12}")
         for c in res['curve']:

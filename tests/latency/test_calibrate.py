@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from lasnet_mmdet.latency.calibrate import Benchmark, calibrate, fit_efficiency
+from lasnet_mmdet.latency.calibrate import (Benchmark, calibrate, fit_benchmarks,
+                                            fit_efficiency)
 from lasnet_mmdet.latency.hardware import PRESETS, load_profile
 from lasnet_mmdet.latency.predictor import (BlockShape, Kernel, kernels_time, las_kernels,
                                             static_kernels)
@@ -77,3 +78,22 @@ def test_eval_tool_reuses_measurements_and_compares_benchmarks(tmp_path):
     assert data['backbone']['measured_ms'] == 2.0
     b = data['benchmarks'][0]
     assert b['sparse_predicted_ms'] > 0 and len(b['curve']) == 1
+
+
+def test_gpu_fit_leaves_out_library_convs():
+    # cuDNN's own convs and stem are printed as a check, not fitted, on GPUs: one that the
+    # model mispredicts 10x must not pull the fitted efficiencies; on CPUs it is fitted.
+    truth = PRESETS['h100'].with_efficiency(compute=0.3, memory=0.6, gather=0.2, launch_us=7.0)
+    shape = BlockShape(1024, 256, 50, 76)
+    kernel_sets = [[Kernel('tiny', bytes=8)], [Kernel('copy', bytes=2**28)],
+                   static_kernels(shape, 'fp16')]
+    kernel_sets += [las_kernels(shape, S, r, 'fused', 'fp16') for S in (1, 4, 8)
+                    for r in (0.2, 0.7)]
+    benches = [Benchmark(str(i), ks, kernels_time(ks, truth)) for i, ks in enumerate(kernel_sets)]
+    conv = static_kernels(shape, 'fp16')[:1]
+    benches.append(Benchmark('cudnn conv', conv, 10 * kernels_time(conv, truth), {'op': 'conv'}))
+    assert [b.name for b in fit_benchmarks(truth, benches)] == [b.name for b in benches[:-1]]
+    fitted, rms = fit_efficiency(PRESETS['h100'], benches)
+    assert rms < 0.02
+    assert fitted.efficiency['compute'] == pytest.approx(0.3, rel=0.1)
+    assert len(fit_benchmarks(load_profile('cpu-2t'), benches)) == len(benches)
