@@ -52,7 +52,9 @@ def _append(list_ptr, count_ptr, offs, flag):
     tl.store(list_ptr + base + slot, offs, mask=flag)
 
 
-@triton.jit
+# Sizes are runtime values (no specialisation): a new image size compiles nothing.
+@triton.jit(do_not_specialize=['B', 'H', 'W', 'Ho', 'Wo', 'h', 'w', 'needed_programs'],
+            do_not_specialize_on_alignment=['needed_ptr', 'active_ptr', 'counts_ptr'])
 def compact_rows_kernel(coarse_ptr, needed_ptr, active_ptr, counts_ptr, B, H, W, Ho, Wo, h, w,
                         needed_programs, S: tl.constexpr, STRIDE: tl.constexpr,
                         BLOCK: tl.constexpr):

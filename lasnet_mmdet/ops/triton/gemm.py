@@ -4,40 +4,84 @@ Feature maps are channels-last, so a pixel is a contiguous row of channels and a
 GEMM whose A rows are gathered pixels (implicit GEMM: the gather happens in the kernel's
 loads, nothing is materialised). Rows come from a device-side list whose length is read by
 each program (``count_ptr``); the grid covers the largest possible list and surplus programs
-return at once. Accumulation is fp32; fp32 inputs use IEEE products (no TF32) so the sparse
-path matches the dense one to 1e-4.
+return at once. Operands go to ``tl.dot`` in their own dtype (fp16 / bf16 on tensor cores),
+accumulation is fp32; fp32 inputs use IEEE products when ``ieee`` (the sparse path then
+matches the dense one to 1e-4), else TF32 as cuDNN's convs do under ``allow_tf32``.
 
 * ``rows_gemm_kernel``: ``out[dst] = relu(A[src] @ W + bias (+ res[dst]))``: conv1 (gather
   the needed input rows, scatter into the conv1 map) and conv3 (read the compact conv2 rows,
   scatter into the output, fused with the residual add and the ReLU).
-* ``conv3x3_rows_kernel``: conv2 for the active output rows: the nine taps are gathered from
-  the conv1 map inside the K loop (zero outside the image, exactly the dense zero padding),
-  written compact.
+* ``conv3x3_rows_kernel``: conv2 for the active output rows, one K loop over the nine taps x
+  the input channels (a single loop, so loads are software-pipelined across taps too); each
+  tap is gathered from the conv1 map (zero outside the image, exactly the dense zero padding),
+  output written compact.
 
-Autotuning (CUDA only): four tiles (rows x channels x K, warps, stages): 128x128x32 8w 3s,
-128x64x32 4w 4s, 64x128x32 4w 4s, 64x64x64 4w 3s, keyed on the GEMM's N, K and largest row count. Every kernel is
-idempotent (the residual is read from a different buffer than the one written), so the
-autotuner may rerun it freely. Under TRITON_INTERPRET=1 a single small tile is used.
+Tile configs (no autotuning): ``tile_config`` picks (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+from the kernel, N, K, the dtype and the GPU's compute capability, from a table measured once
+per GPU architecture (``tools/benchmark_kernels.py --tune``), so a kernel variant compiles
+once per (channels, dtype) and a new image size never compiles or tunes anything: spatial
+sizes are runtime arguments that Triton does not specialise on (``do_not_specialize``), and
+the row-list pointers are not specialised on alignment (lists may be slices of one buffer).
+Under TRITON_INTERPRET=1 a single small tile is used.
 """
 import os
+from typing import NamedTuple
 
+import torch
 import triton
 import triton.language as tl
 
 
-def _configs():
-    if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
-        return [triton.Config({'BLOCK_M': 16, 'BLOCK_N': 32, 'BLOCK_K': 32}, num_warps=1)]
-    if os.environ.get('LASNET_TRITON_AUTOTUNE', '1') == '0':  # e.g. tests: compile once
-        return [triton.Config({'BLOCK_M': 64, 'BLOCK_N': 64, 'BLOCK_K': 32}, num_warps=4,
-                              num_stages=3)]
-    return [
-        triton.Config({'BLOCK_M': bm, 'BLOCK_N': bn, 'BLOCK_K': bk}, num_warps=wp,
-                      num_stages=st)
-        for bm, bn, bk, wp, st in [
-            (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
-            (64, 64, 64, 4, 3)]
-    ]
+class Tile(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# Hopper (sm_90), fp16/bf16: measured on an H100 SXM (torch 2.11, Triton 3.6) with
+#   python tools/benchmark_kernels.py --tune --dtype fp16 --shape 800 1216 --rate 0.5
+# (each ResNet-101 layer shape at batch 1, rows of a random r = 0.5 mask, best median time of
+# the candidate tiles in tools/benchmark_kernels.py). Keys: (kernel, N, K); conv3x3's K is
+# 9 x C_in. Results of that run: docs/sparse_ops_results/h100_tune_fp16.json.
+HOPPER_16BIT = {}
+
+# Used where the table has no entry (other GPUs, other channel counts), by N.
+_DEFAULT_16BIT = {  # N <= 64, N <= 128, larger
+    'gemm': (Tile(64, 64, 64, 4, 4), Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 8, 3)),
+    'conv3x3': (Tile(64, 64, 64, 4, 4), Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 8, 3)),
+}
+# fp32 (TF32 or IEEE products): twice the bytes per element, so half the K per stage.
+_DEFAULT_32BIT = (Tile(64, 64, 32, 4, 3), Tile(64, 128, 32, 4, 3), Tile(128, 128, 32, 8, 3))
+_INTERPRETER = Tile(16, 32, 32, 1, 1)
+
+
+def _interpreting():
+    return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
+
+
+def _capability(device):
+    if device.type != 'cuda':
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def tile_config(kernel, n, k, dtype, device):
+    """The ``Tile`` of ``kernel`` ('gemm' or 'conv3x3') for an N x K weight in ``dtype``.
+
+    Depends on channel counts, dtype and GPU only, never on the number of rows."""
+    if _interpreting():
+        return _INTERPRETER
+    cap = _capability(torch.device(device))
+    size = 0 if n <= 64 else 1 if n <= 128 else 2
+    if dtype == torch.float32:
+        return _DEFAULT_32BIT[size]
+    if cap is not None and cap[0] == 9:
+        tile = HOPPER_16BIT.get((kernel, n, k))
+        if tile is not None:
+            return tile
+    return _DEFAULT_16BIT[kernel][size]
 
 
 @triton.jit
@@ -47,10 +91,9 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
     return tl.dot(a, b, acc)
 
 
-@triton.autotune(configs=_configs(), key=['N', 'K', 'max_rows'])
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
 def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_ptr, N, K,
-                     max_rows, GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr,
+                     GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr,
                      HAS_RES: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -85,11 +128,11 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_p
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_configs(), key=['N', 'C', 'max_rows'])
-@triton.jit
+@triton.jit(do_not_specialize=['H', 'W', 'Ho', 'Wo'],
+            do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
 def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C, N, H, W, Ho,
-                        Wo, max_rows, STRIDE: tl.constexpr, IEEE: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        Wo, STRIDE: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     count = tl.load(count_ptr)
@@ -101,23 +144,30 @@ def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C,
     b = rows // (Ho * Wo)
     oy = (rows // Wo) % Ho
     ox = rows % Wo
+    top = b * H + oy * STRIDE - 1  # row of tap (0, 0) in the (B*H, W) conv1 map
+    left = ox * STRIDE - 1
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
 
+    # One loop over (tap, channel block): the pipeliner prefetches across taps as well.
+    k_tiles = tl.cdiv(C, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in tl.static_range(9):
-        iy = oy * STRIDE - 1 + tap // 3
-        ix = ox * STRIDE - 1 + tap % 3
+    for it in range(0, 9 * k_tiles):
+        tap = it // k_tiles
+        c0 = (it - tap * k_tiles) * BLOCK_K
+        dy = tap // 3
+        dx = tap - dy * 3
+        iy = oy * STRIDE - 1 + dy
+        ix = left + dx
         ok = m_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        src = ((b * H + iy) * W + ix).to(tl.int64)
-        for k0 in range(0, C, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < C
-            a = tl.load(x_ptr + src[:, None] * C + offs_k[None, :], mask=ok[:, None] & k_ok[None, :],
-                        other=0.0)
-            wb = tl.load(w_ptr + (tap * C + offs_k)[:, None] * N + offs_n[None, :],
-                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = _dot(a, wb, acc, IEEE)
+        src = ((top + dy) * W + ix).to(tl.int64)
+        offs_c = c0 + tl.arange(0, BLOCK_K)
+        c_ok = offs_c < C
+        a = tl.load(x_ptr + src[:, None] * C + offs_c[None, :], mask=ok[:, None] & c_ok[None, :],
+                    other=0.0)
+        wb = tl.load(w_ptr + (tap * C + offs_c)[:, None] * N + offs_n[None, :],
+                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _dot(a, wb, acc, IEEE)
 
     acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc = tl.maximum(acc, 0.0)
@@ -126,22 +176,44 @@ def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C,
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _grid(max_rows, n):
-    return lambda meta: (triton.cdiv(max_rows, meta['BLOCK_M']), triton.cdiv(n, meta['BLOCK_N']))
+def _ieee(dtype, ieee):
+    """IEEE fp32 products: as asked (default: yes), and only where it changes anything."""
+    return dtype == torch.float32 and (True if ieee is None else bool(ieee))
 
 
-def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res=None):
-    """``out[dst] = relu(a[src] @ w + bias (+ res[dst]))`` for the first ``count`` list rows."""
+def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res=None,
+              ieee=None, tile=None):
+    """``out[dst] = relu(a[src] @ w + bias (+ res[dst]))`` for the first ``count`` list rows.
+
+    Args:
+        a (Tensor): ``(rows, K)`` A rows (channels-last pixels), read at ``rows`` when
+            ``gather_a``, else in list order.
+        w (Tensor): ``(K, N)`` weight; ``bias``: ``(N, )``.
+        out (Tensor): ``(rows, N)``, written at ``rows`` when ``scatter_out``, else in order.
+        rows (Tensor): int32 row list; ``count``: a one-element int32 device tensor, its length.
+        max_rows (int): The largest ``count`` can be (sizes the grid, never a compile key).
+        res (Tensor | None): Added before the ReLU, read at the output rows (not ``out``).
+        ieee (bool | None): fp32 only: IEEE products (True, the default) or TF32 (False).
+        tile (Tile | None): Override of ``tile_config`` (benchmarks, tuning).
+    """
     k, n = w.shape
-    rows_gemm_kernel[_grid(max_rows, n)](
-        a, w, bias, out if res is None else res, out, rows, count, n, k, max_rows,
+    t = tile or tile_config('gemm', n, k, a.dtype, a.device)
+    grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n))
+    rows_gemm_kernel[grid](
+        a, w, bias, out if res is None else res, out, rows, count, n, k,
         GATHER_A=gather_a, SCATTER_OUT=scatter_out, HAS_RES=res is not None,
-        IEEE=a.dtype.itemsize == 4)
+        IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+        num_warps=t.num_warps, num_stages=t.num_stages)
 
 
-def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride):
-    """``out[m] = relu(conv3x3(x)[rows[m]] + bias)`` (x: channels-last rows of the conv1 map)."""
+def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, ieee=None,
+                 tile=None):
+    """``out[m] = relu(conv3x3(x)[rows[m]] + bias)`` (x: channels-last rows of the conv1 map,
+    ``w``: ``(9 * C, N)`` with K ordered (dy, dx, c); other args as ``rows_gemm``)."""
     c, n = w.shape[0] // 9, w.shape[1]
-    conv3x3_rows_kernel[_grid(max_rows, n)](
-        x, w, bias, out, rows, count, c, n, *in_hw, *out_hw, max_rows, STRIDE=stride,
-        IEEE=x.dtype.itemsize == 4)
+    t = tile or tile_config('conv3x3', n, w.shape[0], x.dtype, x.device)
+    grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n))
+    conv3x3_rows_kernel[grid](
+        x, w, bias, out, rows, count, c, n, *in_hw, *out_hw, STRIDE=stride,
+        IEEE=_ieee(x.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+        num_warps=t.num_warps, num_stages=t.num_stages)

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['HW'])  # a new image size compiles nothing
 def cl_to_nchw_kernel(src_ptr, dst_ptr, C, HW, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     b = tl.program_id(2).to(tl.int64)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)

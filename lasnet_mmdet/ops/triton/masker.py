@@ -20,7 +20,9 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TILE = 2048
 
 
-@triton.jit
+# Spatial sizes and strides are runtime values (no specialisation): a new image size compiles
+# nothing. C and the channel/pixel strides stay specialised (contiguous channel loads).
+@triton.jit(do_not_specialize=['H', 'W', 'h', 'w', 'stride_b', 'stride_h'])
 def masker_decision_kernel(x_ptr, w_ptr, b_ptr, out_ptr, C, H, W, h, w, stride_b, stride_c,
                            stride_h, stride_w, stride_wo, WIN: tl.constexpr,
                            BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
