@@ -1,0 +1,173 @@
+"""Run a callable through CUDA graphs, one graph per input shape, captured on first use.
+
+``CUDAGraphCache`` removes the host's launch overhead from a callable ``fn(x)`` whose CUDA
+work depends only on the input's shape (not its values): the first call with a new key
+warms ``fn`` up on a side stream (Triton compilation, cuDNN/cuBLAS handles), captures one
+CUDA graph, and replays it; later calls with the same key copy ``x`` into the graph's static
+input, replay, and return clones of the static outputs, so a returned tensor never changes
+afterwards. The key is the input's shape, strides, dtype and device, the CUDA autocast state,
+the TF32 flags (they change which kernels run) and whatever the caller adds (``key=``, e.g.
+the sparse-inference mode).
+
+    cache = CUDAGraphCache(max_entries=16)
+    with torch.no_grad():
+        outs = cache(model.forward, x)        # captures for x's shape, then replays
+    cache.clear()                             # after the weights changed
+
+Graphs are evicted least recently used first; all graphs of one cache share one memory
+pool (``torch.cuda.graph_pool_handle()``), so intermediates of different shapes reuse the
+same memory. That is safe because graphs are only ever replayed one at a time, on the
+caller's stream, and every static output is cloned right after its own replay. Captures are
+``thread_local`` (a pin-memory thread of a DataLoader may keep allocating host memory).
+
+``fn`` runs eagerly instead (same result, no graph) when ``x`` is not a CUDA tensor, when
+autograd records (graphs are for inference), inside another capture (the outer graph then
+records ``fn``), while another thread captures, and for a key whose capture failed (logged
+once per cache with mmengine's ``print_log``; e.g. ``fn`` synchronises with the host).
+Importing this module needs no CUDA.
+"""
+import threading
+from collections import OrderedDict
+
+import torch
+from mmengine.logging import print_log
+
+__all__ = ['CUDAGraphCache']
+
+# One capture at a time in the process (CUDA and torch allow no more).
+_CAPTURE_LOCK = threading.Lock()
+_EAGER = object()  # cache entry of a key whose capture failed
+
+
+class _Graph:
+    """One captured graph: its static input, static outputs and the output structure."""
+
+    def __init__(self, graph, static_x, static_out, single):
+        self.graph, self.static_x, self.static_out, self.single = graph, static_x, static_out, single
+
+    def __call__(self, x):
+        self.static_x.copy_(x)
+        self.graph.replay()
+        outs = tuple(t.clone() for t in self.static_out)
+        return outs[0] if self.single else outs
+
+
+def _as_tuple(out):
+    if isinstance(out, torch.Tensor):
+        return (out, ), True
+    if isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
+        return tuple(out), False
+    raise TypeError(f'CUDAGraphCache: fn must return a tensor or a tuple of tensors, got '
+                    f'{type(out).__name__}')
+
+
+def _autocast_state():
+    enabled = torch.is_autocast_enabled('cuda')
+    return (enabled, torch.get_autocast_dtype('cuda') if enabled else None)
+
+
+class CUDAGraphCache:
+    """LRU cache of CUDA graphs of ``fn(x)``, keyed on x's shape (and more, see module doc).
+
+    Args:
+        max_entries (int): Graphs kept at most; the least recently used goes first.
+        warmup (int): Eager calls of ``fn`` on a side stream before each capture.
+        name (str): Names the cache in the log message of a failed capture.
+    """
+
+    def __init__(self, max_entries=16, warmup=1, name='CUDAGraphCache'):
+        if isinstance(max_entries, bool) or int(max_entries) != max_entries or max_entries < 1:
+            raise ValueError(f'max_entries must be an integer >= 1, got {max_entries!r}')
+        if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 1:
+            raise ValueError(f'warmup must be an integer >= 1, got {warmup!r}')
+        self.max_entries, self.warmup, self.name = int(max_entries), int(warmup), name
+        self._graphs = OrderedDict()
+        self._pool = None
+        self._warned = False
+        self.stats = dict(hits=0, captures=0, evictions=0, eager=0, failures=0)
+
+    def __len__(self):
+        return sum(entry is not _EAGER for entry in self._graphs.values())
+
+    def clear(self):
+        """Drop every graph and the memory pool (call it when ``fn``'s weights change)."""
+        self._graphs.clear()
+        self._pool = None
+
+    def key(self, x, key=()):
+        """The cache key of a call on ``x`` with the caller's extra ``key``."""
+        return (tuple(x.shape), x.stride(), x.dtype, x.device, _autocast_state(),
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, key)
+
+    def __call__(self, fn, x, key=()):
+        """``fn(x)`` (a tensor or a tuple of tensors), replayed from a graph when possible."""
+        if (not isinstance(x, torch.Tensor) or not x.is_cuda or torch.is_grad_enabled()
+                or torch.cuda.is_current_stream_capturing()):
+            return self._eager(fn, x)
+        k = self.key(x, key)
+        entry = self._graphs.get(k)
+        if entry is _EAGER:
+            return self._eager(fn, x)
+        if entry is not None:
+            self._graphs.move_to_end(k)
+            self.stats['hits'] += 1
+            return entry(x)
+        if not _CAPTURE_LOCK.acquire(blocking=False):
+            return self._eager(fn, x)  # another thread is capturing
+        try:
+            entry = self._capture(fn, x)
+        except Exception as e:  # noqa: BLE001  (any failure: run eagerly from now on)
+            self.stats['failures'] += 1
+            if not self._warned:
+                self._warned = True
+                print_log(f'{self.name}: CUDA graph capture failed for input '
+                          f'{tuple(x.shape)} {x.dtype} ({type(e).__name__}: {e}); running '
+                          'eagerly for such inputs', logger='current', level=30)
+            self._insert(k, _EAGER)
+            return self._eager(fn, x)
+        finally:
+            _CAPTURE_LOCK.release()
+        self.stats['captures'] += 1
+        self._insert(k, entry)
+        return entry(x)
+
+    # --- internals ---------------------------------------------------------------------------
+    def _eager(self, fn, x):
+        self.stats['eager'] += 1
+        return fn(x)
+
+    def _insert(self, k, entry):
+        self._graphs[k] = entry
+        while len(self._graphs) > self.max_entries:
+            self._graphs.popitem(last=False)
+            self.stats['evictions'] += 1
+
+    def _capture(self, fn, x):
+        device = x.device
+        with torch.cuda.device(device):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            static_x = torch.empty_like(x)  # outside the pool: never reused by a graph
+            static_x.copy_(x)
+            autocast, dtype = _autocast_state()
+            # The autocast cache would hand the graph casts owned by the caller's autocast
+            # context (freed when it exits): casts are recorded into the graph instead.
+            amp = torch.autocast('cuda', dtype=dtype or torch.float16, enabled=autocast,
+                                 cache_enabled=False)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), amp:
+                for _ in range(self.warmup):  # lazy initialisation outside the capture
+                    fn(static_x)
+            torch.cuda.current_stream(device).wait_stream(side)
+            torch.cuda.synchronize(device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(side), amp:
+                graph.capture_begin(pool=self._pool, capture_error_mode='thread_local')
+                try:
+                    out = fn(static_x)
+                finally:
+                    graph.capture_end()  # raises if the capture was invalidated
+            torch.cuda.current_stream(device).wait_stream(side)
+            static_out, single = _as_tuple(out)
+            return _Graph(graph, static_x, static_out, single)

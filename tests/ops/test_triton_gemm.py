@@ -1,0 +1,173 @@
+"""The Triton kernels of the sparse path on their own: the row GEMM and the 3x3 row conv equal
+PyTorch's, write only their list's rows, and take their tiles from channels, dtype and GPU,
+so a new image size compiles nothing (counted on the device).
+
+Without CUDA the kernels run in Triton's interpreter (set before they are decorated).
+"""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+triton = pytest.importorskip('triton')
+
+from lasnet_mmdet.ops.triton.gemm import (HOPPER_16BIT, Tile, conv3x3_rows,  # noqa: E402
+                                          rows_gemm, tile_config)
+
+CUDA = torch.cuda.is_available()
+DEVICE = 'cuda' if CUDA else 'cpu'
+requires_cuda = pytest.mark.skipif(not CUDA, reason='needs a CUDA device')
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])  # (no bf16 in
+# the interpreter: numpy has none)
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _tol(dtype, ieee):
+    if dtype == torch.float32:
+        return 1e-5 if ieee or not CUDA else 5e-3  # TF32 products on the GPU
+    return 5e-3 if dtype == torch.float16 else 2e-2
+
+
+def _rel_err(out, ref):
+    return float((out.float() - ref.float()).abs().max() / ref.float().abs().max())
+
+
+def _row_list(total, fraction, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = max(1, int(total * fraction))
+    return torch.randperm(total, generator=g)[:n].to(torch.int32).to(DEVICE)
+
+
+@pytest.mark.parametrize('ieee', [True, False])
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('batch,c,n,h,w,stride', [(2, 16, 32, 7, 9, 1), (1, 48, 16, 9, 6, 2),
+                                                  (1, 64, 64, 5, 5, 1)])
+def test_conv3x3_rows_equals_conv2d(batch, c, n, h, w, stride, dtype, ieee):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, w, generator=g)
+    weight = torch.randn(n, c, 3, 3, generator=g) / math.sqrt(9 * c)
+    bias = torch.randn(n, generator=g)
+    ref = F.relu(F.conv2d(x.to(dtype).double(), weight.to(dtype).double(),
+                          bias.to(dtype).double(), stride, 1))
+    ho, wo = ref.shape[2:]
+    rows = _row_list(batch * ho * wo, 0.6, seed=1)
+    count = torch.tensor([rows.numel()], dtype=torch.int32, device=DEVICE)
+    x_rows = x.permute(0, 2, 3, 1).reshape(-1, c).to(DEVICE, dtype).contiguous()
+    w_kn = weight.permute(2, 3, 1, 0).reshape(9 * c, n).to(DEVICE, dtype).contiguous()
+    out = torch.full((batch * ho * wo, n), float('nan'), device=DEVICE, dtype=dtype)
+    conv3x3_rows(x_rows, w_kn, bias.to(DEVICE, dtype), out, rows, count, batch * ho * wo,
+                 (h, w), (ho, wo), stride, ieee=ieee)
+    want = ref.permute(0, 2, 3, 1).reshape(-1, n)[rows.long().cpu()]
+    got = out[:rows.numel()].cpu()
+    assert not got.isnan().any()
+    assert _rel_err(got, want) < _tol(dtype, ieee)
+    assert out[rows.numel():].isnan().all()  # nothing written past the list
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('gather,scatter,with_res', [(True, True, False), (False, True, True),
+                                                     (True, False, False)])
+def test_rows_gemm_equals_matmul(gather, scatter, with_res, dtype):
+    g = torch.Generator().manual_seed(2)
+    total, k, n = 50, 48, 80
+    a = torch.randn(total, k, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(k, n, generator=g) / math.sqrt(k)).to(DEVICE, dtype)
+    bias = torch.randn(n, generator=g).to(DEVICE, dtype)
+    res = torch.randn(total, n, generator=g).to(DEVICE, dtype) if with_res else None
+    rows = _row_list(total, 0.5, seed=3)
+    m = rows.numel()
+    count = torch.tensor([m], dtype=torch.int32, device=DEVICE)
+    out = torch.full((total, n), float('nan'), device=DEVICE, dtype=dtype)
+    rows_gemm(a, w, bias, out, rows, count, total, gather_a=gather, scatter_out=scatter, res=res)
+    src = rows.long() if gather else torch.arange(m, device=DEVICE)
+    dst = rows.long() if scatter else torch.arange(m, device=DEVICE)
+    want = a[src].double() @ w.double() + bias.double()
+    if with_res:
+        want = want + res[dst].double()
+    want = want.relu()
+    assert _rel_err(out[dst], want) < _tol(dtype, True)
+    untouched = torch.ones(total, dtype=torch.bool, device=DEVICE)
+    untouched[dst] = False
+    assert out[untouched].isnan().all()
+
+
+def test_tile_depends_on_channels_dtype_and_gpu_only(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    shapes = [(n, k) for n, k in [(64, 64), (64, 256), (256, 64), (128, 512), (512, 128),
+                                  (256, 1024), (1024, 256), (512, 2048), (2048, 512)]]
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for n, k in shapes:
+            t = tile_config('gemm', n, k, dtype, torch.device('cpu'))
+            assert isinstance(t, Tile) and t.block_k >= 16
+            if dtype == torch.float32:
+                assert t.block_k <= 32  # half the K per stage: same shared memory as 16-bit
+        for c in (64, 128, 256, 512):
+            assert isinstance(tile_config('conv3x3', c, 9 * c, dtype, 'cpu'), Tile)
+    for (kernel, n, k), t in HOPPER_16BIT.items():
+        assert kernel in ('gemm', 'conv3x3') and isinstance(t, Tile)
+        for v in (t.block_m, t.block_n, t.block_k, t.num_warps):
+            assert v & (v - 1) == 0
+        assert t.block_k >= 16 and t.num_stages >= 1
+
+
+@requires_cuda
+def test_a_new_image_size_compiles_nothing():
+    """A LAS bottleneck's kernels at one size, then at sizes of other divisibility (and batch):
+    no kernel is compiled again (spatial sizes are runtime arguments; tiles come from channels)."""
+    from triton import knobs
+
+    from lasnet_mmdet.ops.triton.compact import compact_rows
+    from lasnet_mmdet.ops.triton.layout import cl_to_nchw
+    from lasnet_mmdet.ops.triton.masker import masker_decision
+
+    compiled = []
+
+    def block(batch, h, w, stride=2, s=2, c_in=64, mid=32):
+        ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+        x = torch.randn(batch, c_in, h, w, device='cuda', dtype=torch.float16).contiguous(
+            memory_format=torch.channels_last)
+        mw, mb = torch.randn(2, c_in, device='cuda'), torch.zeros(2, device='cuda')
+        coarse = masker_decision(x, mw.half(), mb.half(), stride * s)
+        counts = torch.zeros(2, dtype=torch.int32, device='cuda')
+        # Lists sliced from one buffer at size-dependent offsets, as a workspace may do.
+        lists = torch.empty(batch * (h * w + ho * wo) + 1, dtype=torch.int32, device='cuda')
+        needed, active = lists[1:1 + batch * h * w], lists[1 + batch * h * w:]
+        compact_rows(coarse, counts, needed, active, (h, w), (ho, wo), s, stride)
+        x_rows = x.permute(0, 2, 3, 1).reshape(-1, c_in)
+        mid_map = torch.empty(batch * h * w, mid, device='cuda', dtype=torch.float16)
+        w1 = torch.randn(c_in, mid, device='cuda', dtype=torch.float16)
+        b = torch.randn(4 * mid, device='cuda', dtype=torch.float16)
+        rows_gemm(x_rows, w1, b[:mid], mid_map, needed, counts[0:], batch * h * w, True, True)
+        y2 = torch.empty(batch * ho * wo, mid, device='cuda', dtype=torch.float16)
+        w2 = torch.randn(9 * mid, mid, device='cuda', dtype=torch.float16)
+        conv3x3_rows(mid_map, w2, b[:mid], y2, active, counts[1:], batch * ho * wo, (h, w),
+                     (ho, wo), stride)
+        res = torch.randn(batch * ho * wo, 4 * mid, device='cuda', dtype=torch.float16)
+        out = res.relu()
+        w3 = torch.randn(mid, 4 * mid, device='cuda', dtype=torch.float16)
+        rows_gemm(y2, w3, b, out, active, counts[1:], batch * ho * wo, False, True, res=res)
+        cl_to_nchw(out.view(batch, ho, wo, 4 * mid).permute(0, 3, 1, 2))
+        torch.cuda.synchronize()
+
+    saved = knobs.runtime.jit_post_compile_hook
+    knobs.runtime.jit_post_compile_hook = lambda *a, **kw: compiled.append(kw.get('repr'))
+    try:
+        block(1, 64, 96)  # compiles every variant once
+        first = len(compiled)
+        assert first > 0
+        for batch, h, w in ((1, 37, 53), (3, 50, 34), (2, 129, 65), (1, 64, 96)):
+            block(batch, h, w)
+        assert compiled[first:] == []
+    finally:
+        knobs.runtime.jit_post_compile_hook = saved

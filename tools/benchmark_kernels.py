@@ -1,0 +1,257 @@
+"""The sparse GEMM kernels on every ResNet-101 layer shape: tile tuning and TFLOP/s vs cuDNN.
+
+    python tools/benchmark_kernels.py [--shape 800 1216] [--batch 1 8] [--rate 0.5] \
+        [--dtype fp16] [--granularity 4 4 2 1] [--tune] [--json OUT]
+
+For each conv of a LAS-ResNet-101 bottleneck (conv1 / conv2 / conv3 of the first and of a
+regular block of each stage) at the given input size, a random coarse mask at ``rate`` gives
+the row lists (``compact_rows``, as in the sparse forward), then the Triton kernel is timed
+(``triton.testing.do_bench``, median) with the tile ``tile_config`` picks, and the dense
+conv of the same layer on the whole map with cuDNN (channels-last, BN folded into a bias,
+``cudnn.benchmark``). TFLOP/s = 2 x MACs done / time: the sparse kernel's MACs are its rows
+x K x N, the dense conv's all pixels x K x N. Per stage: the stage's blocks (3, 4, 23, 3) summed.
+
+``--tune`` also times every candidate tile (``CANDIDATES``) on every layer and every batch,
+picks per (kernel, N, K) the tile with the smallest geometric mean of time / best time over
+the batches, and prints the table to paste into ``lasnet_mmdet/ops/triton/gemm.py``
+(``HOPPER_16BIT`` for sm_90). CUDA only.
+"""
+import argparse
+import json
+import math
+import os.path as osp
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # lasnet_mmdet from a checkout
+
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+BLOCKS = (3, 4, 23, 3)  # ResNet-101
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the first four are the old autotune set.
+CANDIDATES = [
+    (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3),
+    (64, 64, 64, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 3), (128, 128, 64, 8, 3),
+    (128, 128, 64, 4, 3), (64, 256, 64, 8, 3), (128, 256, 64, 8, 3),
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'))
+    p.add_argument('--batch', type=int, nargs='+', default=[1])
+    p.add_argument('--rate', type=float, default=0.5)
+    p.add_argument('--dtype', choices=sorted(DTYPES), default='fp16')
+    p.add_argument('--granularity', type=int, nargs=4, default=[4, 4, 2, 1])
+    p.add_argument('--tune', action='store_true', help='time every candidate tile, print table')
+    p.add_argument('--rep', type=float, default=20, help='do_bench repetition time (ms)')
+    p.add_argument('--json', help='write the results here')
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error('needs a CUDA device (torch.cuda.is_available() is False)')
+    if any(b < 1 for b in args.batch) or min(args.shape) < 32 or not 0 <= args.rate <= 1:
+        p.error(f'bad --batch {args.batch}, --shape {args.shape} or --rate {args.rate}')
+    if args.json and not osp.isdir(osp.dirname(osp.abspath(args.json))):
+        p.error(f'--json {args.json}: directory does not exist')
+    return args
+
+
+def conv_out(size, stride):
+    return (size - 1) // stride + 1
+
+
+def layers(in_h, in_w):
+    """Every distinct conv of a ResNet-101 LAS bottleneck at input ``in_h x in_w``:
+    dicts of stage, name, kernel, K, N, stride, in/out size and how often it runs a stage."""
+    h, w = conv_out(conv_out(in_h, 2), 2), conv_out(conv_out(in_w, 2), 2)  # stem + max-pool
+    cin, out = 64, []
+    for stage, n in enumerate(BLOCKS):
+        mid, stride = 64 * 2 ** stage, 1 if stage == 0 else 2
+        oh, ow = conv_out(h, stride), conv_out(w, stride)
+        common = dict(stage=stage + 1, granularity_index=stage)
+        out += [
+            dict(common, name='conv1_first', kernel='gemm', K=cin, N=mid, stride=stride,
+                 in_hw=(h, w), out_hw=(oh, ow), times=1),
+            dict(common, name='conv2_first', kernel='conv3x3', K=9 * mid, N=mid, stride=stride,
+                 in_hw=(h, w), out_hw=(oh, ow), times=1),
+            dict(common, name='conv3', kernel='gemm', K=mid, N=4 * mid, stride=stride,
+                 in_hw=(h, w), out_hw=(oh, ow), times=n),
+            dict(common, name='conv1', kernel='gemm', K=4 * mid, N=mid, stride=1,
+                 in_hw=(oh, ow), out_hw=(oh, ow), times=n - 1),
+            dict(common, name='conv2', kernel='conv3x3', K=9 * mid, N=mid, stride=1,
+                 in_hw=(oh, ow), out_hw=(oh, ow), times=n - 1),
+        ]
+        if stride == 1:  # stage 1: the first block's conv2 is a regular one
+            out = [lay for lay in out if not (lay['stage'] == 1 and lay['name'] == 'conv2_first')]
+            out[-1]['times'] = n
+        cin, h, w = 4 * mid, oh, ow
+    return out
+
+
+class Layer:
+    """Inputs of one layer's sparse kernel and of its dense conv, on the GPU."""
+
+    def __init__(self, lay, batch, rate, granularity, dtype, seed=0):
+        from lasnet_mmdet.ops.triton.compact import compact_rows
+        g = torch.Generator(device='cuda').manual_seed(seed)
+        self.lay, dev = lay, 'cuda'
+        (h, w), (oh, ow), stride = lay['in_hw'], lay['out_hw'], lay['stride']
+        k, n = lay['K'], lay['N']
+        cin = k // 9 if lay['kernel'] == 'conv3x3' else k
+
+        # The block's mask: S x S cells of its output, exactly round(rate * cells) active;
+        # its row lists as the sparse forward makes them.
+        s = granularity[lay['granularity_index']]
+        ch, cw = -(-oh // s), -(-ow // s)
+        order = torch.rand(batch, ch * cw, generator=g, device=dev).argsort(dim=1).argsort(dim=1)
+        coarse = (order < round(rate * ch * cw)).to(dtype).view(batch, 1, ch, cw)
+        self.counts = torch.zeros(2, dtype=torch.int32, device=dev)
+        self.needed = torch.empty(batch * h * w, dtype=torch.int32, device=dev)
+        self.active = torch.empty(batch * oh * ow, dtype=torch.int32, device=dev)
+        compact_rows(coarse, self.counts, self.needed, self.active, (h, w), (oh, ow), s, stride)
+        n_needed, n_active = self.counts.tolist()
+
+        def randn(*shape):
+            return torch.randn(*shape, generator=g, device=dev).to(dtype)
+        if lay['name'].startswith('conv1'):  # gather needed input rows, scatter to the map
+            self.x, self.out, self.max_rows = randn(batch * h * w, k), randn(batch * h * w, n), \
+                batch * h * w
+            self.rows_done, dense_in, dense_stride = n_needed, (h, w), 1
+        elif lay['kernel'] == 'conv3x3':  # taps from the conv1 map, compact output rows
+            self.x, self.out, self.max_rows = randn(batch * h * w, cin), \
+                randn(batch * oh * ow, n), batch * oh * ow
+            self.rows_done, dense_in, dense_stride = n_active, (h, w), stride
+        else:  # conv3: compact rows in, residual added, scattered to the output rows
+            self.x, self.out, self.max_rows = randn(batch * oh * ow, k), \
+                randn(batch * oh * ow, n), batch * oh * ow
+            self.res = randn(batch * oh * ow, n)
+            self.rows_done, dense_in, dense_stride = n_active, (oh, ow), 1
+        self.w = (randn(k, n).float() / math.sqrt(k)).to(dtype)
+        self.b = randn(n)
+
+        # Dense: the conv on the whole map, channels-last, bias = folded BN.
+        ks = 3 if lay['kernel'] == 'conv3x3' else 1
+        self.dense_x = randn(batch, cin, *dense_in).contiguous(memory_format=torch.channels_last)
+        self.dense_w = (randn(n, cin, ks, ks).float() / math.sqrt(k)).to(dtype).contiguous(
+            memory_format=torch.channels_last)
+        self.dense_stride, self.dense_pad = dense_stride, ks // 2
+        dh, dw = (conv_out(d, dense_stride) for d in dense_in)
+        self.dense_macs = batch * dh * dw * k * n
+        self.sparse_macs = self.rows_done * k * n
+
+    def sparse(self, tile=None):
+        from lasnet_mmdet.ops.triton.gemm import conv3x3_rows, rows_gemm
+        lay = self.lay
+        if lay['kernel'] == 'conv3x3':
+            return lambda: conv3x3_rows(self.x, self.w, self.b, self.out, self.active,
+                                        self.counts[1:], self.max_rows, lay['in_hw'],
+                                        lay['out_hw'], lay['stride'], tile=tile)
+        if lay['name'] == 'conv3':
+            return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.active,
+                                     self.counts[1:], self.max_rows, gather_a=False,
+                                     scatter_out=True, res=self.res, tile=tile)
+        return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.needed, self.counts[0:],
+                                 self.max_rows, gather_a=True, scatter_out=True, tile=tile)
+
+    def dense(self):
+        return lambda: F.conv2d(self.dense_x, self.dense_w, self.b, self.dense_stride,
+                                self.dense_pad)
+
+
+def bench(fn, rep):
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=max(rep / 4, 2), rep=rep, return_mode='median')
+
+
+def run(args):
+    from lasnet_mmdet.ops.triton.gemm import Tile, tile_config
+    torch.backends.cudnn.benchmark = True
+    dtype = DTYPES[args.dtype]
+    res = dict(device=torch.cuda.get_device_name(), capability=torch.cuda.get_device_capability(),
+               torch=torch.__version__, triton=__import__('triton').__version__,
+               dtype=args.dtype, shape=args.shape, rate=args.rate,
+               granularity=args.granularity, layers=[])
+    tune = {}  # (kernel, N, K) -> {tile: [t / best per layer and batch]}
+    for batch in args.batch:
+        for lay in layers(*args.shape):
+            L = Layer(lay, batch, args.rate, args.granularity, dtype)
+            tile = tile_config(lay['kernel'], lay['N'], lay['K'], dtype, torch.device('cuda'))
+            t_sparse, t_dense = bench(L.sparse(), args.rep), bench(L.dense(), args.rep)
+            row = dict(stage=lay['stage'], name=lay['name'], kernel=lay['kernel'], K=lay['K'],
+                       N=lay['N'], batch=batch, times=lay['times'], rows=L.rows_done,
+                       tile=list(tile), sparse_ms=t_sparse, dense_ms=t_dense,
+                       sparse_tflops=2 * L.sparse_macs / t_sparse / 1e9,
+                       dense_tflops=2 * L.dense_macs / t_dense / 1e9)
+            if args.tune:
+                cands = {}
+                for cand in CANDIDATES:
+                    c = Tile(*cand)
+                    if c.block_n > max(64, triton_next_pow2(lay['N'])):
+                        continue
+                    cands[cand] = bench(L.sparse(c), args.rep)
+                best = min(cands.values())
+                row['candidates'] = {str(list(c)): t for c, t in cands.items()}
+                row['best_tile'] = list(min(cands, key=cands.get))
+                row['best_ms'] = best
+                key = (lay['kernel'], lay['N'], lay['K'])
+                for c, t in cands.items():
+                    tune.setdefault(key, {}).setdefault(c, []).append(t / best)
+            res['layers'].append(row)
+            print(f"b{batch} stage {lay['stage']} {lay['name']:<12} K {lay['K']:>5} N "
+                  f"{lay['N']:>5} rows {L.rows_done:>7}: sparse {t_sparse * 1e3:8.1f} us "
+                  f"{row['sparse_tflops']:6.1f} TFLOP/s | cuDNN dense {t_dense * 1e3:8.1f} us "
+                  f"{row['dense_tflops']:6.1f} TFLOP/s"
+                  + (f" | best {row['best_tile']} {row['best_ms'] * 1e3:.1f} us"
+                     if args.tune else ''), flush=True)
+            del L
+    res['stages'] = stage_summary(res['layers'])
+    for s in res['stages']:
+        print(f"b{s['batch']} stage {s['stage']}: sparse {s['sparse_ms']:.3f} ms "
+              f"{s['sparse_tflops']:.1f} TFLOP/s, cuDNN dense {s['dense_ms']:.3f} ms "
+              f"{s['dense_tflops']:.1f} TFLOP/s (per MAC: sparse/dense "
+              f"{s['dense_tflops'] / s['sparse_tflops']:.2f}x the time)")
+    if args.tune:
+        table = {}
+        for key, per_tile in tune.items():
+            # Every candidate was timed on every layer of this key (same N, K => same filter).
+            score = {c: math.exp(sum(map(math.log, v)) / len(v)) for c, v in per_tile.items()}
+            table[key] = min(score, key=score.get)
+        res['table'] = [dict(kernel=k[0], N=k[1], K=k[2], tile=list(t)) for k, t in table.items()]
+        print('HOPPER_16BIT = {')
+        for (kernel, n, k), t in sorted(table.items()):
+            print(f"    ('{kernel}', {n}, {k}): Tile{t},")
+        print('}')
+    return res
+
+
+def triton_next_pow2(n):
+    return 1 << (int(n) - 1).bit_length()
+
+
+def stage_summary(rows):
+    out = []
+    for batch in sorted({r['batch'] for r in rows}):
+        for stage in range(1, 5):
+            rs = [r for r in rows if r['batch'] == batch and r['stage'] == stage]
+            sp = sum(r['sparse_ms'] * r['times'] for r in rs)
+            de = sum(r['dense_ms'] * r['times'] for r in rs)
+            sp_flop = sum(r['sparse_tflops'] * r['sparse_ms'] * r['times'] for r in rs)
+            de_flop = sum(r['dense_tflops'] * r['dense_ms'] * r['times'] for r in rs)
+            out.append(dict(batch=batch, stage=stage, sparse_ms=sp, dense_ms=de,
+                            sparse_tflops=sp_flop / sp, dense_tflops=de_flop / de))
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    res = run(args)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == '__main__':
+    main()
