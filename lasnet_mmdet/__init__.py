@@ -1,8 +1,9 @@
 """lasnet_mmdet: LASNet backbones, sparse ops and latency tools for MMDetection 3.x.
 
-Importing the package registers ``LASResNet`` (MODELS) and ``LatencyLossHook`` /
-``LASReportHook`` (HOOKS) into mmdet's registries, and lets mmengine load its own
-checkpoints under torch >= 2.6 and run DDP (gloo) on machines without CUDA.
+Importing the package registers ``LASResNet`` (MODELS) and the hooks (HOOKS) into mmdet's
+registries and changes nothing else. ``lasnet_mmdet.setup_env()`` (called by the tools) lets
+torch's safe loader read mmengine's own checkpoints under torch >= 2.6 and runs DDP (gloo) on
+machines without CUDA: see ``lasnet_mmdet/utils/setup_env.py``.
 """
 import mmdet
 import mmengine
@@ -15,12 +16,7 @@ if not digit_version('3.0.0') <= digit_version(mmdet.__version__) < digit_versio
 if digit_version(mmengine.__version__) < digit_version('0.10.0'):
     raise ImportError(f'lasnet_mmdet needs mmengine >= 0.10, found {mmengine.__version__}')
 
-from .utils.checkpoint import register_checkpoint_loader  # noqa: E402
-from .utils.cpu_distributed import enable_cpu_distributed  # noqa: E402
-
-register_checkpoint_loader()
-enable_cpu_distributed()
-
 from . import engine, models  # noqa: E402,F401  (registers modules and hooks)
+from .utils.setup_env import setup_env  # noqa: E402
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'setup_env']

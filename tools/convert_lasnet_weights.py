@@ -6,9 +6,11 @@ LAS-ResNet backbone checkpoint for ``init_cfg=dict(type='Pretrained', checkpoint
 SRC: (a) LASNet's ``{'state_dict': ..., 'epoch', 'optimizer', 'args', ...}`` (keys possibly
 ``module.``-prefixed; ``fc.*`` is dropped), or (b) a torchvision ``resnet101-*.pth`` state dict
 (masker weights are then missing: LASResNet initialises them, execute bias 5). A key of
-another depth or network, or a shape mismatch, fails naming the key; nothing is written.
+another depth or network, a shape mismatch, an unreadable SRC or DST == SRC fail naming the
+file and the key; nothing is written then (DST is written to a temporary file and renamed).
 """
 import argparse
+import sys
 
 import lasnet_mmdet  # noqa: F401
 from lasnet_mmdet.utils import convert_checkpoint
@@ -24,7 +26,10 @@ def parse_args():
 
 def main():
     args = parse_args()
-    state_dict, masker_missing = convert_checkpoint(args.src, args.dst, args.depth)
+    try:
+        state_dict, masker_missing = convert_checkpoint(args.src, args.dst, args.depth)
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        sys.exit(f'convert_lasnet_weights: error: {e.args[0] if isinstance(e, KeyError) else e}')
     print(f'wrote {args.dst}: {len(state_dict)} tensors for LASResNet depth {args.depth}')
     if masker_missing:
         print(f'{len(masker_missing)} masker tensors not in the source (LASResNet initialises '

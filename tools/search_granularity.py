@@ -7,6 +7,7 @@ Prints the per-stage table (static vs each S) and a config snippet to paste.
 """
 import argparse
 import json
+import os
 import sys
 
 from lasnet_mmdet.latency.hardware import ProfileError, load_profile, preset_names
@@ -29,7 +30,20 @@ def parse_args(argv=None):
                         help="default: the profile's (fused on GPU, torch on CPU)")
     parser.add_argument('--candidates', nargs='+', type=int, default=DEFAULT_CANDIDATES)
     parser.add_argument('--json', help='also write the result here')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if min(args.shape) < 1:
+        parser.error(f'--shape must be two sizes >= 1, got {args.shape[0]} {args.shape[1]}')
+    if not 0 <= args.rate <= 1:
+        parser.error(f'--rate must be in [0, 1], got {args.rate}')
+    if args.batch < 1:
+        parser.error(f'--batch must be >= 1, got {args.batch}')
+    if args.depth not in (50, 101, 152):
+        parser.error(f'--depth must be 50, 101 or 152, got {args.depth}')
+    if any(s < 1 for s in args.candidates):
+        parser.error(f'--candidates must be integers >= 1, got {args.candidates}')
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f'--json: the folder of {args.json!r} does not exist')
+    return args
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import lasnet_mmdet  # noqa: F401  (registers LAS modules, fixes checkpoint loading)
+import lasnet_mmdet  # noqa: F401  (registers LAS modules)
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 
@@ -42,6 +42,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    lasnet_mmdet.setup_env()  # safe loading of Runner checkpoints, CPU DDP (utils/setup_env.py)
     setup_cache_size_limit_of_dynamo()
 
     cfg = Config.fromfile(args.config)

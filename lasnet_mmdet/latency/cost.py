@@ -11,7 +11,7 @@ The tables are cached per input size (padded batches take only a few distinct si
 import torch
 
 from .hardware import load_profile
-from .predictor import (BlockShape, conv_out, get_schedule, kernels_time, las_kernels,
+from .predictor import (BlockShape, get_schedule, kernels_time, las_kernels,
                         predict_static_block, stem_kernels)
 
 
@@ -42,11 +42,8 @@ class LatencyCost:
         self._tables = {}
 
     def _block_shapes(self, backbone, in_h, in_w, batch):
-        h, w = conv_out(conv_out(in_h, 2), 2), conv_out(conv_out(in_w, 2), 2)
-        for name, block in backbone.las_blocks():
-            shape = BlockShape.of_block(block, h, w, batch)
-            yield name, block.granularity, shape
-            h, w = shape.out_hw
+        for name, block, (h, w) in backbone.block_input_sizes(in_h, in_w):
+            yield name, block.granularity, BlockShape.of_block(block, h, w, batch)
 
     def tables(self, backbone, in_h, in_w, batch=1):
         """``((las_stem_s, static_stem_s), {name: (static_s, tensor of knots+1 latencies)})``
@@ -71,7 +68,7 @@ class LatencyCost:
     def __call__(self, backbone, batch=1):
         """``(predicted_s, static_s)`` of the backbone's last forward; the first has grad."""
         stats = backbone.las_stats
-        (predicted, static), tables = self.tables(backbone, *backbone._input_size, batch)
+        (predicted, static), tables = self.tables(backbone, *backbone.input_size, batch)
         for name, block in stats['blocks'].items():
             block_static, table = tables[name]
             rate = block['rate']

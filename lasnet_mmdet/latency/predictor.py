@@ -28,17 +28,15 @@ through the dilation (fine masks need almost every conv1 row) and the index work
 import math
 from dataclasses import dataclass, replace
 
+from ..ops.geometry import coarse_grid_size, conv_out
+from ..ops.torch_backend import DENSE_CONV1_ABOVE, INDEX_OPS
+from ..ops import TRITON_INDEX_OPS
 from .hardware import DTYPE_BYTES, load_profile
 
 # Cost of each GPU wave of tiles after the first, relative to the first (H100, Triton GEMMs
 # at batch 1: latency rises smoothly, not in steps, where the tile count crosses the SM count).
 LATER_WAVE_COST = 0.5
 ARCH = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-
-
-def conv_out(size, stride):
-    """Output size of a 3x3/pad-1 or 1x1 conv (and the ResNet stem/max-pool) at ``stride``."""
-    return (size - 1) // stride + 1
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class Schedule:
     bn_folded: bool = True
     epilogue_fused: bool = True    # bias + ReLU inside the GEMM (else a pass of their own)
     dense_conv1_above: float = 1.0  # run conv1 densely above this needed-row fraction
-    index_ops: int = 2             # launches that turn the coarse mask into row lists
+    index_ops: int = TRITON_INDEX_OPS  # launches that turn the coarse mask into row lists
     with_masker: bool = True       # False when masks are given (pinned), as in benchmarks
 
     def replace(self, **kwargs):
@@ -65,11 +63,11 @@ SCHEDULES = {
     # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3).
     'rows': Schedule(patch_tiles=False),
     # lasnet_mmdet.ops torch backend: row GEMMs, explicit gathers, index_add, ReLU passes,
-    # some 25 small ops to build the row lists; buffers reused from a workspace (no fresh
-    # pages), BN folded everywhere, the masker as avg-pool + 1x1 conv.
+    # small ops to build the row lists; buffers reused from a workspace (no fresh pages), BN
+    # folded everywhere, the masker as avg-pool + 1x1 conv. Constants read from the ops.
     'torch': Schedule(patch_tiles=False, gather_in_conv=False, fused_scatter=False,
-                      masker_fused=False, epilogue_fused=False, dense_conv1_above=0.75,
-                      index_ops=25),
+                      masker_fused=False, epilogue_fused=False,
+                      dense_conv1_above=DENSE_CONV1_ABOVE, index_ops=INDEX_OPS),
 }
 
 
@@ -109,8 +107,7 @@ class BlockShape:
 
     def cells(self, granularity):
         """Coarse-mask cells per image."""
-        out_h, out_w = self.out_hw
-        return math.ceil(out_h / granularity) * math.ceil(out_w / granularity)
+        return math.prod(coarse_grid_size(*self.out_hw, granularity))
 
     @classmethod
     def of_block(cls, block, in_h, in_w, batch=1):

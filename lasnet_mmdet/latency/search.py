@@ -65,6 +65,10 @@ def search_granularity(profile, in_h, in_w, rate=0.5, candidates=DEFAULT_CANDIDA
     schedule = get_schedule(schedule, profile)
     if not 0 <= rate <= 1:
         raise ValueError(f'rate must be in [0, 1], got {rate!r}')
+    if in_h < 1 or in_w < 1:
+        raise ValueError(f'input size must be >= 1x1, got {in_h}x{in_w}')
+    if batch < 1:
+        raise ValueError(f'batch must be >= 1, got {batch!r}')
     candidates = tuple(sorted({int(s) for s in candidates}))
     if not candidates or candidates[0] < 1:
         raise ValueError(f'candidates must be integers >= 1, got {candidates!r}')

@@ -1,103 +1,103 @@
 """Sparse execution of a LAS bottleneck on its active patches (inference only).
 
-``las_bottleneck_forward(block, x, coarse, backend)`` returns exactly what the block's
-dense-masked path returns in eval mode, computing conv1..conv3 only where the mask needs them:
+Kernels and backends take tensors: the block input, its coarse mask, the block's folded
+weights (``fold_bn.FoldedBottleneck``) and its geometry (patch size S, stride). They never
+import ``lasnet_mmdet.models``: the block decides which backend runs and when to fall back.
+
+    out = sparse_bottleneck(x, coarse, weights, granularity=4, stride=1, backend='torch')
 
 * ``'torch'``: PyTorch GEMMs on gathered pixel rows (``torch_backend``); any device;
 * ``'triton'``: fused Triton kernels (``triton/``), CUDA tensors (or CPU tensors under
-  ``TRITON_INTERPRET=1``), fp16 / bf16 / fp32, no host synchronisation;
-* ``'auto'``: Triton on CUDA tensors when Triton imports, PyTorch otherwise; blocks no sparse
-  backend can run fall back to the dense-masked computation instead of failing.
+  ``TRITON_INTERPRET=1``), fp16 / bf16 / fp32, no host synchronisation.
+
+``resolve_backend`` turns a user's choice ('auto', 'torch', 'triton') into one of those for a
+device, once; ``triton_available`` says whether the Triton kernels can run at all.
 """
 import importlib.util
 import os
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .dense_masked import dense_masked_forward
-from .fold_bn import folded_weights
-from .patches import conv_out
+from .fold_bn import FoldedBottleneck, fold_bottleneck, fold_conv, is_foldable_downsample
+from .geometry import coarse_shape
 from .torch_backend import torch_forward
 
-BACKENDS = ('auto', 'torch', 'triton')
+BACKENDS = ('torch', 'triton')
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Launches of the Triton backend that turn the coarse mask into row lists (the counts zeroed,
+# then ``compact_rows``); the latency predictor reads it. Kept here: importing it must not
+# need triton.
+TRITON_INDEX_OPS = 2
 
-__all__ = ['BACKENDS', 'las_bottleneck_forward', 'dense_masked_forward', 'folded_weights',
-           'sparse_unsupported_reason', 'triton_available']
+__all__ = ['BACKENDS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS', 'FoldedBottleneck', 'fold_bottleneck', 'fold_conv',
+           'is_foldable_downsample', 'resolve_backend', 'sparse_bottleneck', 'triton_available',
+           'triton_interpreting']
 
 
 def triton_available():
     return importlib.util.find_spec('triton') is not None
 
 
-def _interpreting():
+def triton_interpreting():
     return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
 
-def sparse_unsupported_reason(block):
-    """Why ``block`` cannot run sparse (a sentence), or None when it can."""
-    if block.training:
-        return 'the block is in training mode (sparse execution is for inference)'
-    if torch.is_grad_enabled() and any(p.requires_grad for p in block.parameters()):
-        return 'autograd is recording (sparse execution is for inference: use torch.no_grad())'
-    if block.with_plugins:
-        return 'the block has plugins'
-    if block.with_dcn:
-        return 'the block uses DCN'
-    if block.conv1_stride != 1:
-        return f'style={block.style!r} puts the stride on conv1 (sparse needs style="pytorch")'
-    for name in ('conv1', 'conv2', 'conv3'):
-        conv = getattr(block, name)
-        if conv.groups != 1 or conv.bias is not None or conv.dilation != (1, 1):
-            return f'{name} has groups, bias or dilation'
-    for name in ('norm1', 'norm2', 'norm3'):
-        norm = getattr(block, name)
-        if not isinstance(norm, _BatchNorm) or norm.running_var is None:
-            return f'{name} is {type(norm).__name__}, not a BatchNorm with running statistics'
-    return None
-
-
-def _check_inputs(block, x, coarse):
-    if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f'x must be a float (B, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}')
-    out_h, out_w = conv_out(x.shape[2], block.stride), conv_out(x.shape[3], block.stride)
-    s = block.granularity
-    grid = (x.shape[0], 1, -(-out_h // s), -(-out_w // s))
-    if tuple(coarse.shape) != grid:
-        raise ValueError(f'coarse mask must have shape {grid} for input {tuple(x.shape)} and '
-                         f'S={s}, got {tuple(coarse.shape)}')
-    if coarse.device != x.device:
-        raise ValueError(f'coarse mask is on {coarse.device}, x on {x.device}')
-
-
-def las_bottleneck_forward(block, x, coarse, backend='auto'):
-    """Eval-mode output of LAS bottleneck ``block`` on ``x`` under coarse mask ``coarse``.
-
-    Args:
-        block (LASBottleneck): The block (eval mode).
-        x (Tensor): Block input ``(B, C_in, H, W)``.
-        coarse (Tensor): Coarse mask ``(B, 1, ceil(H_o/S), ceil(W_o/S))`` in {0, 1}.
-        backend (str): 'auto', 'torch' or 'triton'.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f'sparse backend must be one of {BACKENDS}, got {backend!r}')
-    _check_inputs(block, x, coarse)
-    reason = sparse_unsupported_reason(block)
-    if reason is not None:
-        if backend == 'auto':
-            return dense_masked_forward(block, x, coarse)
-        raise ValueError(f'sparse backend {backend!r} cannot run this block: {reason}')
-    if backend == 'auto':
-        backend = 'triton' if x.is_cuda and triton_available() else 'torch'
-    if backend == 'torch':
-        return torch_forward(block, x, coarse)
+def resolve_backend(choice, device):
+    """The backend that runs for ``choice`` ('auto', 'torch', 'triton') on ``device``."""
+    device = torch.device(device)
+    if choice == 'auto':
+        return 'triton' if device.type == 'cuda' and triton_available() else 'torch'
+    if choice == 'torch':
+        return 'torch'
+    if choice != 'triton':
+        raise ValueError(f"sparse backend must be 'auto', 'torch' or 'triton', got {choice!r}")
     if not triton_available():
         raise RuntimeError("sparse backend 'triton' needs the triton package")
-    if not x.is_cuda and not _interpreting():
-        raise ValueError(f"sparse backend 'triton' needs CUDA tensors, got x on {x.device} "
+    if device.type != 'cuda' and not triton_interpreting():
+        raise ValueError(f"sparse backend 'triton' needs CUDA tensors, got x on {device} "
                          '(or set TRITON_INTERPRET=1 to run the kernels in the interpreter)')
-    if x.dtype not in TRITON_DTYPES:
+    return 'triton'
+
+
+def _check_inputs(x, coarse, weights, granularity, stride, backend):
+    if backend not in BACKENDS:
+        raise ValueError(f'sparse backend must be one of {BACKENDS}, got {backend!r}')
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f'x must be a float (B, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}')
+    grid = coarse_shape(x.shape[0], x.shape[2], x.shape[3], stride, granularity)
+    if tuple(coarse.shape) != grid:
+        raise ValueError(f'coarse mask must have shape {grid} for input {tuple(x.shape)}, '
+                         f'S={granularity} and stride {stride}, got {tuple(coarse.shape)}')
+    if coarse.device != x.device:
+        raise ValueError(f'coarse mask is on {coarse.device}, x on {x.device}')
+    if weights.w1.shape[0] != x.shape[1]:
+        raise ValueError(f'weights expect {weights.w1.shape[0]} input channels, x has '
+                         f'{x.shape[1]}')
+    if weights.w1.dtype != x.dtype:
+        raise ValueError(f'weights are {weights.w1.dtype}, x is {x.dtype}')
+    if backend == 'triton' and x.dtype not in TRITON_DTYPES:
         raise ValueError(f"sparse backend 'triton' supports {TRITON_DTYPES}, got {x.dtype}")
+
+
+def sparse_bottleneck(x, coarse, weights, granularity, stride, backend='torch',
+                      reuse_output=False):
+    """Eval-mode output of a LAS bottleneck on ``x`` under coarse mask ``coarse``.
+
+    Args:
+        x (Tensor): Block input ``(B, C_in, H, W)``.
+        coarse (Tensor): Coarse mask ``(B, 1, ceil(H_o/S), ceil(W_o/S))`` in {0, 1}.
+        weights (FoldedBottleneck): conv1..conv3 (and the downsample) with BN folded, in x's
+            dtype (``fold_bottleneck``).
+        granularity (int): Patch size S.
+        stride (int): The block's stride (on conv2, pytorch style).
+        backend (str): 'torch' or 'triton' (``resolve_backend`` picks one for 'auto').
+        reuse_output (bool): 'torch' only: the output may be a buffer of the current
+            ``workspace.Workspace`` (see there); never ask for it when another party may hold
+            the returned tensor.
+    """
+    _check_inputs(x, coarse, weights, granularity, stride, backend)
+    if backend == 'torch':
+        return torch_forward(x, coarse, weights, granularity, stride, reuse_output)
     from .triton import triton_forward
-    return triton_forward(block, x, coarse)
+    ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    return triton_forward(x, coarse, weights, granularity, stride, ieee=ieee)

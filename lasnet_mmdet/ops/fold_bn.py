@@ -1,15 +1,20 @@
-"""Eval-mode BatchNorm folded into the convs of a LAS bottleneck, cached on the block.
+"""Eval-mode BatchNorm folded into the convs of a LAS bottleneck.
 
-Both backends run GEMMs of the form ``rows(K) @ W(K, N) + bias``, so the folded weights are
-stored as K x N matrices, with the 3x3 conv's K ordered (dy, dx, c_in) to match the order in
-which its nine taps are gathered. The cache is keyed on every parameter's and buffer's
-``_version`` (bumped by any in-place update: optimiser steps, BN running stats in training,
-``load_state_dict``) and ``data_ptr`` (``.to()``/``.cuda()``), so it never goes stale.
+Both sparse backends run GEMMs of the form ``rows(K) @ W(K, N) + bias``, so the folded weights
+of conv1..conv3 are K x N matrices, the 3x3 conv's K ordered (dy, dx, c_in) to match the order
+in which its nine taps are gathered. The downsample (1x1 conv + BN) and the stem are folded
+into one 4-D channels-last conv each. These are pure functions: the block that owns the
+modules caches their results and drops the cache when its weights change.
 """
-import torch
-import torch.nn.functional as F
+from collections import namedtuple
 
-_CACHE_ATTR = '_las_folded_cache'
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# What a sparse backend needs of a bottleneck: conv1..conv3 as K x N GEMM weights with their
+# biases, and the downsample as a folded 1x1 conv (``ds_weight`` None for an identity block).
+FoldedBottleneck = namedtuple('FoldedBottleneck',
+                              'w1 b1 w2 b2 w3 b3 ds_weight ds_bias ds_stride')
 
 
 def _bn_scale_shift(bn):
@@ -17,72 +22,40 @@ def _bn_scale_shift(bn):
     return scale, bn.bias - bn.running_mean * scale
 
 
-def _fold(conv, bn, dtype):
+@torch.no_grad()
+def fold_gemm(conv, bn, dtype):
+    """``(K x N weight, N bias)`` of a bias-free ``conv`` followed by eval-mode ``bn``."""
     scale, shift = _bn_scale_shift(bn)
     w = conv.weight * scale[:, None, None, None]  # (C_out, C_in, kh, kw)
-    # K x N with K ordered (kh, kw, c_in): the gather order of the taps.
-    w = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])
+    w = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])  # K ordered (kh, kw, c_in)
     return w.to(dtype).contiguous(), shift.to(dtype).contiguous()
 
 
-def _key(block, dtype):
-    tensors = [t for m in (block.conv1, block.norm1, block.conv2, block.norm2, block.conv3,
-                           block.norm3) for t in (*m.parameters(), *m.buffers())]
-    return (dtype, ) + tuple((t.data_ptr(), t._version) for t in tensors)
-
-
 @torch.no_grad()
-def folded_weights(block, dtype):
-    """``dict(w1, b1, w2, b2, w3, b3)`` of ``block`` in ``dtype`` (K x N weights, N biases)."""
-    key = _key(block, dtype)
-    cached = getattr(block, _CACHE_ATTR, None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    folded = {}
-    for i, (conv, bn) in enumerate(((block.conv1, block.norm1), (block.conv2, block.norm2),
-                                    (block.conv3, block.norm3)), start=1):
-        folded[f'w{i}'], folded[f'b{i}'] = _fold(conv, bn, dtype)
-    # A plain attribute, not a buffer: never saved in checkpoints.
-    object.__setattr__(block, _CACHE_ATTR, (key, folded))
-    return folded
-
-
-@torch.no_grad()
-def folded_conv(conv, bn, dtype):
-    """``(weight, bias)`` of ``conv`` followed by eval-mode ``bn``, the weight 4-D and
-    channels-last (the layout oneDNN and cuDNN then pick for the output), cached on ``conv``."""
-    key = (dtype, ) + tuple((t.data_ptr(), t._version)
-                            for t in (*conv.parameters(), *bn.parameters(), *bn.buffers()))
-    cached = getattr(conv, _CACHE_ATTR, None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+def fold_conv(conv, bn, dtype):
+    """``(weight, bias)`` of ``conv`` followed by eval-mode ``bn``; the weight 4-D and
+    channels-last (the layout oneDNN and cuDNN then pick for the output)."""
     scale, shift = _bn_scale_shift(bn)
     weight = conv.weight * scale[:, None, None, None]
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    folded = (weight.to(dtype).contiguous(memory_format=torch.channels_last), shift.to(dtype))
-    object.__setattr__(conv, _CACHE_ATTR, (key, folded))
-    return folded
+    return weight.to(dtype).contiguous(memory_format=torch.channels_last), shift.to(dtype)
 
 
-def is_folded_downsample(ds):
-    """Whether downsample ``ds`` is a 1x1 conv + eval BN that ``folded_conv`` can fold."""
+def is_foldable_downsample(ds):
+    """Whether downsample ``ds`` is a 1x1 conv + eval BN that ``fold_conv`` can fold."""
     return (isinstance(ds, torch.nn.Sequential) and len(ds) == 2
             and isinstance(ds[0], torch.nn.Conv2d) and ds[0].kernel_size == (1, 1)
             and ds[0].padding == (0, 0) and ds[0].groups == 1
-            and isinstance(ds[1], torch.nn.modules.batchnorm._BatchNorm)
-            and ds[1].running_var is not None)
+            and isinstance(ds[1], _BatchNorm) and ds[1].running_var is not None)
 
 
-def downsample_residual(block, x):
-    """The residual branch of ``block`` on channels-last ``x``: ``x`` itself (identity), else
-    the downsample's output (fresh, channels-last), its conv and BN folded into one conv."""
-    ds = block.downsample
-    if ds is None:
-        return x
-    if is_folded_downsample(ds):
-        weight, bias = folded_conv(ds[0], ds[1], x.dtype)
-        out = F.conv2d(x, weight, bias, ds[0].stride)
-    else:  # e.g. avg_down: run the module as built
-        out = ds(x)
-    return out.contiguous(memory_format=torch.channels_last)
+def fold_bottleneck(convs, norms, downsample, dtype):
+    """``FoldedBottleneck`` of conv1..conv3 with their BNs and a foldable downsample (or None)."""
+    folded = []
+    for conv, bn in zip(convs, norms):
+        folded += fold_gemm(conv, bn, dtype)
+    if downsample is None:
+        return FoldedBottleneck(*folded, None, None, 1)
+    ds_weight, ds_bias = fold_conv(downsample[0], downsample[1], dtype)
+    return FoldedBottleneck(*folded, ds_weight, ds_bias, downsample[0].stride[0])

@@ -6,22 +6,21 @@ output on an H100. On the CPU, copying blocks of pixels whose source and destina
 in cache is 2-3x faster; on CUDA a Triton kernel transposes tiles in registers
 (``triton/layout.py``).
 """
-import importlib.util
-
 import torch
 
 PIXELS_PER_BLOCK = 256  # 256 pixels x C channels: source and destination fit in L2
 
 
-def to_nchw(t, fresh=False):
+def to_nchw(t, fresh=False, use_triton=False):
     """``t`` (B, C, H, W) as a contiguous NCHW tensor: ``t`` itself when it already is one,
-    unless ``fresh`` asks for a tensor that shares no memory with ``t``."""
+    unless ``fresh`` asks for a tensor that shares no memory with ``t``. ``use_triton``: CUDA
+    channels-last tensors go through the Triton transpose (the caller's choice of backend;
+    the kernel has no backward)."""
     if t.is_contiguous():
         return t.clone() if fresh else t
     if not t.is_contiguous(memory_format=torch.channels_last):
         return t.contiguous()
-    if (t.is_cuda and importlib.util.find_spec('triton') is not None
-            and not (torch.is_grad_enabled() and t.requires_grad)):  # the kernel has no backward
+    if use_triton and t.is_cuda:
         from .triton.layout import cl_to_nchw
         return cl_to_nchw(t)
     if t.device.type != 'cpu':

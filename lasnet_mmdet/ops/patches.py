@@ -11,26 +11,15 @@ step is a GEMM on some of its rows. From the coarse mask:
   conv, which pads conv1's *output*.
 """
 import torch
-import torch.nn.functional as F
 
-from ..models.layers.masker import upsample_mask
-
-
-def conv_out(size, stride):
-    """Output size of a 3x3 (padding 1) or 1x1 conv at ``stride``."""
-    return (size - 1) // stride + 1
+from .geometry import conv_out, dilate_mask, upsample_mask
 
 
 def pixel_masks(coarse, granularity, stride, in_h, in_w):
     """Boolean ``(B, H_o, W_o)`` active mask and ``(B, H, W)`` needed (dilated) mask."""
     out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
     active = upsample_mask(coarse, granularity, out_h, out_w)
-    if stride > 1:
-        placed = active.new_zeros(active.shape[0], 1, in_h, in_w)
-        placed[:, :, ::stride, ::stride] = active
-    else:
-        placed = active
-    needed = F.max_pool2d(placed, kernel_size=3, stride=1, padding=1)
+    needed = dilate_mask(active, stride, in_h, in_w)
     return active[:, 0] > 0, needed[:, 0] > 0
 
 

@@ -20,13 +20,17 @@ block). All row sets come from ``patches``; the host reads their sizes
 """
 import torch
 
-from .fold_bn import folded_conv, folded_weights, is_folded_downsample
-from .patches import conv2_taps, conv_out, pixel_masks
+from .geometry import conv_out
+from .patches import conv2_taps, pixel_masks
 from .workspace import block_output, is_block_output, scratch
 
 # conv1 runs densely when more than this fraction of its rows is needed: the gather and the
 # scatter of the rows then cost more than the GEMM rows they save (measured on 2 CPU cores).
+# The latency predictor reads it.
 DENSE_CONV1_ABOVE = 0.75
+# Launches that turn the coarse mask into row lists here (upsample, dilate, nonzero, taps...),
+# counted in ``pixel_masks``, ``conv2_taps`` and below; the latency predictor reads it.
+INDEX_OPS = 25
 
 
 def _rows(t):
@@ -34,50 +38,60 @@ def _rows(t):
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
-def _downsample_into(block, x, out):
-    """The downsample branch of ``block`` on channels-last ``x``, written into ``out``."""
-    ds = block.downsample
-    if not is_folded_downsample(ds):  # e.g. avg_down: run the module as built
-        out.copy_(ds(x))
-        return
-    weight, bias = folded_conv(ds[0], ds[1], x.dtype)
-    stride = ds[0].stride[0]
+def _downsample_into(x, weights, out):
+    """The folded downsample conv on channels-last ``x``, written into ``out``."""
+    stride = weights.ds_stride
     if stride > 1:  # the 1x1 conv reads every stride-th pixel: gather those rows first
         batch, in_c = x.shape[:2]
         sub = scratch('ds_in', (batch, out.shape[2], out.shape[3], in_c), x.dtype, x.device)
         x = sub.copy_(x.permute(0, 2, 3, 1)[:, ::stride, ::stride]).permute(0, 3, 1, 2)
-    torch.addmm(bias, _rows(x), weight.reshape(weight.shape[0], -1).t(), out=_rows(out))
+    weight = weights.ds_weight
+    torch.addmm(weights.ds_bias, _rows(x), weight.reshape(weight.shape[0], -1).t(),
+                out=_rows(out))
 
 
-def torch_forward(block, x, coarse):
+def torch_forward(x, coarse, weights, granularity, stride, reuse_output=False):
+    """Eval output of a LAS bottleneck (``weights``: ``FoldedBottleneck``) on its active patches.
+
+    ``reuse_output``: the output may live in the current workspace (and an identity block whose
+    input is the previous block's workspace output may update it in place); only a caller that
+    knows nobody else holds these tensors may ask for it.
+    """
     batch, in_c, in_h, in_w = x.shape
-    stride = block.conv2_stride
     out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
-    f = folded_weights(block, x.dtype)
-    mid_c, out_c = f['w1'].shape[1], f['w3'].shape[1]
+    f = weights
+    mid_c, out_c = f.w1.shape[1], f.w3.shape[1]
 
     def buffer(name, *shape):
         return scratch(name, shape, x.dtype, x.device)
 
+    def new_output():
+        shape = (batch, out_c, out_h, out_w)
+        if reuse_output:
+            return block_output(shape, x.dtype, x.device)
+        return torch.empty(shape, dtype=x.dtype, device=x.device,
+                           memory_format=torch.channels_last)
+
     x = x.contiguous(memory_format=torch.channels_last)
     x_rows = _rows(x)
-    active, needed = pixel_masks(coarse, block.granularity, stride, in_h, in_w)
+    active, needed = pixel_masks(coarse, granularity, stride, in_h, in_w)
     active_rows = active.flatten().nonzero().squeeze(1)
     n = active_rows.numel()
 
-    if block.downsample is None and is_block_output(x):
+    identity = f.ds_weight is None
+    if identity and reuse_output and is_block_output(x):
         # x is the previous block's output: already >= 0 (so ReLU(residual) = x where no patch
         # runs) and read by no one after this block: the output is x, updated in place.
         out, res_rows = x, x_rows
-    elif block.downsample is None:
-        out, res_rows = block_output((batch, out_c, out_h, out_w), x.dtype, x.device), x_rows
+    elif identity:
+        out, res_rows = new_output(), x_rows
     else:
-        out = block_output((batch, out_c, out_h, out_w), x.dtype, x.device)
-        _downsample_into(block, x, out)
+        out = new_output()
+        _downsample_into(x, f, out)
         res_rows = _rows(out)
     # conv3's accumulator starts as the residual rows, gathered before any ReLU touches them.
     y3 = torch.index_select(res_rows, 0, active_rows, out=buffer('y3', n, out_c))
-    if block.downsample is not None:
+    if not identity:
         out.relu_()
     elif out is not x:
         torch.clamp_min(x, 0, out=out)
@@ -89,14 +103,14 @@ def torch_forward(block, x, coarse):
     needed_rows = needed.flatten().nonzero().squeeze(1)
     m = needed_rows.numel()
     if m > DENSE_CONV1_ABOVE * (mid.shape[0] - 1):
-        torch.addmm(f['b1'], x_rows, f['w1'], out=mid[:-1]).relu_()
+        torch.addmm(f.b1, x_rows, f.w1, out=mid[:-1]).relu_()
     else:
         x1 = torch.index_select(x_rows, 0, needed_rows, out=buffer('x1', m, in_c))
-        y1 = torch.addmm(f['b1'], x1, f['w1'], out=buffer('y1', m, mid_c)).relu_()
+        y1 = torch.addmm(f.b1, x1, f.w1, out=buffer('y1', m, mid_c)).relu_()
         mid.index_copy_(0, needed_rows, y1)
     taps = conv2_taps(active_rows, batch, out_h, out_w, in_h, in_w, stride)
     cols = torch.index_select(mid, 0, taps.flatten(), out=buffer('cols', 9 * n, mid_c))
-    y2 = torch.addmm(f['b2'], cols.view(n, 9 * mid_c), f['w2'], out=buffer('y2', n, mid_c))
-    y3.add_(f['b3']).addmm_(y2.relu_(), f['w3']).relu_()
+    y2 = torch.addmm(f.b2, cols.view(n, 9 * mid_c), f.w2, out=buffer('y2', n, mid_c))
+    y3.add_(f.b3).addmm_(y2.relu_(), f.w3).relu_()
     _rows(out).index_copy_(0, active_rows, y3)
     return out

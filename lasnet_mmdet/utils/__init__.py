@@ -1,5 +1,7 @@
-from .checkpoint import load_local_checkpoint, register_checkpoint_loader
-from .convert import convert_checkpoint, convert_state_dict, extract_state_dict
+from .convert import convert_checkpoint, convert_state_dict, extract_state_dict, load_source
+from .setup_env import (load_local_checkpoint, safe_checkpoint_globals, setup_checkpoint_loading,
+                        setup_cpu_distributed, setup_env)
 
-__all__ = ['load_local_checkpoint', 'register_checkpoint_loader', 'convert_checkpoint',
-           'convert_state_dict', 'extract_state_dict']
+__all__ = ['convert_checkpoint', 'convert_state_dict', 'extract_state_dict', 'load_source',
+           'load_local_checkpoint', 'safe_checkpoint_globals', 'setup_checkpoint_loading', 'setup_cpu_distributed',
+           'setup_env']

@@ -1,5 +1,10 @@
 """Clean backbone checkpoints from LASNet ImageNet checkpoints or torchvision ResNets."""
+import argparse
+import os
+import os.path as osp
+import pickle
 import re
+import tempfile
 
 import torch
 
@@ -55,10 +60,59 @@ def convert_state_dict(state_dict, depth):
     return converted, masker_missing
 
 
+def load_source(src):
+    """A LASNet / torchvision checkpoint, loaded with torch's safe loader (``weights_only``:
+    tensors and plain containers; LASNet's ``args`` namespace allowed). Errors name ``src``."""
+    if not osp.isfile(src):
+        raise FileNotFoundError(f'checkpoint {src!r} does not exist or is not a file')
+    if osp.getsize(src) == 0:
+        raise ValueError(f'checkpoint {src!r} is empty')
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(src, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f'{src!r} is not a checkpoint that torch can load safely (a torch.save '
+                         f'file of tensors and plain containers): {e}') from e
+    except (EOFError, RuntimeError, OSError) as e:
+        raise ValueError(f'{src!r} is not a readable torch checkpoint ({type(e).__name__}: '
+                         f'{e})') from e
+
+
+def _same_file(a, b):
+    return osp.abspath(a) == osp.abspath(b) or (osp.exists(b) and osp.samefile(a, b))
+
+
+def save_atomic(obj, dst):
+    """``torch.save`` to a temporary file beside ``dst``, renamed into place when complete:
+    ``dst`` is either the old file or the whole new one, never a partial write."""
+    folder = osp.dirname(osp.abspath(dst))
+    if not osp.isdir(folder):
+        raise FileNotFoundError(f'output folder {folder!r} of {dst!r} does not exist')
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(dst) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException as e:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f'could not write {dst!r}: {e.strerror or e}') from e
+        raise
+
+
 def convert_checkpoint(src, dst, depth):
-    """Read ``src``, write a clean ``{'state_dict', 'meta'}`` backbone checkpoint to ``dst``."""
-    checkpoint = torch.load(src, map_location='cpu', weights_only=False)
-    state_dict, masker_missing = convert_state_dict(extract_state_dict(checkpoint), depth)
+    """Read ``src``, write a clean ``{'state_dict', 'meta'}`` backbone checkpoint to ``dst``
+    (refuses ``dst == src``; nothing is written on any failure)."""
+    if osp.exists(src) and _same_file(src, dst):
+        raise ValueError(f'output {dst!r} is the source checkpoint: refusing to overwrite it')
+    checkpoint = load_source(src)
+    try:
+        state_dict, masker_missing = convert_state_dict(extract_state_dict(checkpoint), depth)
+    except (KeyError, ValueError, TypeError) as e:
+        raise type(e)(f'{src!r}: {e.args[0] if e.args else e}') from e
     meta = dict(source=str(src), depth=depth, masker_initialised=not masker_missing)
-    torch.save(dict(state_dict=state_dict, meta=meta), dst)
+    save_atomic(dict(state_dict=state_dict, meta=meta), dst)
     return state_dict, masker_missing

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -6,6 +10,7 @@ from mmdet.registry import MODELS
 
 import lasnet_mmdet  # noqa: F401
 from lasnet_mmdet.models import LASBottleneck, LASResNet
+from conftest import REPO
 
 
 def force_masks(backbone, execute):
@@ -132,6 +137,117 @@ def test_pinned_masks_exact_rate_and_seeded():
     with pytest.raises(ValueError, match='1.5'):
         with las.pinned_masks(1.5):
             pass
+    with pytest.raises(ValueError, match='exactly one'):
+        with las.pinned_masks():
+            pass
+
+
+def test_pinned_masks_stay_on_the_device_and_fixed_masks():
+    las = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='torch').eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), las.pinned_masks(0.5, seed=1):
+        las(x)
+        first = las.layer2[0]._last_mask[0]
+        las(x)
+        assert las.layer2[0]._last_mask[0] is first  # drawn once per shape, not per forward
+    coarse = torch.zeros(1, 1, 2, 2)
+    coarse[0, 0, 0, 1] = 1
+    with torch.no_grad(), las.pinned_masks(masks={'layer2.0': coarse}, run_masker=True):
+        las(x)
+    assert torch.equal(las.layer2[0]._last_mask[0], coarse)
+    assert las.las_stats['blocks']['layer2.0']['rate'].item() == 0.25
+    with pytest.raises(ValueError, match='layer9.0'):
+        with las.pinned_masks(masks={'layer9.0': coarse}):
+            pass
+    with pytest.raises(ValueError, match=r'\(1, 1, 2, 2\)'):
+        with torch.no_grad(), las.pinned_masks(masks={'layer2.0': coarse}):
+            las(torch.randn(1, 3, 128, 128))
+
+
+def test_per_image_stats_and_last_masks():
+    las = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='torch').eval()
+    x = torch.randn(2, 3, 64, 96)
+    masks = {'layer3.1': torch.zeros(2, 1, 2, 3)}
+    masks['layer3.1'][0] = 1  # image 0 all on, image 1 all off
+    with torch.no_grad(), las.pinned_masks(masks=masks):
+        las(x)
+    stats = las.las_stats
+    block = stats['blocks']['layer3.1']
+    assert block['rate_per_image'].tolist() == [1.0, 0.0]
+    assert block['rate'].item() == 0.5
+    assert stats['macs_dynamic_per_image'].shape == (2, )
+    assert stats['macs_dynamic'].item() == pytest.approx(
+        stats['macs_dynamic_per_image'].mean().item())
+    full = las.last_masks()['layer3.1']
+    assert full.shape == (2, 1, 4, 6) and full[0].min() == 1 and full[1].max() == 0
+    assert las.input_size == (64, 96)
+    sizes = {name: hw for name, _, hw in las.block_input_sizes(64, 96)}
+    assert sizes['layer1.0'] == (16, 24) and sizes['layer3.1'] == (4, 6)
+
+
+def test_fp16_stats_do_not_overflow():
+    las = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='off').eval()
+    force_masks(las, execute=True)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        las(x)
+        ref = las.las_stats
+        if torch.cuda.is_available():
+            las.cuda().half()
+            las(x.cuda().half())
+        else:
+            las.to(torch.bfloat16)
+            las(x.to(torch.bfloat16))
+    stats = las.las_stats
+    assert stats['macs_dynamic'].dtype == torch.float32
+    assert stats['macs_dynamic'].item() == pytest.approx(ref['macs_dynamic'].item())
+    assert stats['macs_dynamic'].item() == pytest.approx(stats['macs_dense'])
+
+
+def test_masker_cfg_survives_init_weights():
+    las = LASResNet(depth=50, masker_cfg=dict(execute_bias=2.0, skip_bias=0.5),
+                    init_cfg=[dict(type='Kaiming', layer='Conv2d')])
+    las.layer2[1].masker.conv2.bias.data.fill_(9.0)
+    las.init_weights()
+    for _, block in las.las_blocks():
+        assert block.masker.conv2.bias.tolist() == [2.0, 0.5]
+    with pytest.raises(ValueError, match='execute_bias'):
+        LASResNet(depth=50, masker_cfg=dict(execute_bias='2'))
+    with pytest.raises(ValueError, match='bias_execute'):
+        LASResNet(depth=50, masker_cfg=dict(bias_execute=2.0))
+
+
+def test_ops_import_without_models():
+    """Layers go one way: the kernels and backends never import the models. The package's
+    own __init__ (which registers the models) is bypassed, so only the ops' imports count."""
+    code = ('import sys, types; pkg = types.ModuleType("lasnet_mmdet"); '
+            f'pkg.__path__ = [{REPO!r} + "/lasnet_mmdet"]; sys.modules["lasnet_mmdet"] = pkg; '
+            'import lasnet_mmdet.ops, lasnet_mmdet.ops.torch_backend, lasnet_mmdet.ops.geometry, '
+            'lasnet_mmdet.ops.cuda_graph, lasnet_mmdet.ops.layout, lasnet_mmdet.ops.triton; '
+            'bad = [m for m in sys.modules if m.startswith(("lasnet_mmdet.models", '
+            '"lasnet_mmdet.engine", "lasnet_mmdet.latency", "lasnet_mmdet.utils"))]; '
+            'assert not bad, bad; print(sorted(m for m in sys.modules if "lasnet" in m))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert 'lasnet_mmdet.ops.triton.launcher' in proc.stdout
+
+
+def test_import_changes_nothing_outside_the_plugin():
+    code = ('import torch, mmengine.runner.checkpoint as c, mmengine.dist.utils as d; '
+            'from mmengine.model import MMDistributedDataParallel as D; '
+            'before = (dict(c.CheckpointLoader._schemes), d._init_dist_pytorch, D.__init__, '
+            'list(torch.serialization.get_safe_globals())); '
+            'import lasnet_mmdet; '
+            'after = (dict(c.CheckpointLoader._schemes), d._init_dist_pytorch, D.__init__, '
+            'list(torch.serialization.get_safe_globals())); '
+            'assert before == after, "import changed globals"; '
+            'lasnet_mmdet.setup_env(); '
+            'assert c.CheckpointLoader._schemes != before[0] and d._init_dist_pytorch is not '
+            'before[1]; assert list(torch.serialization.get_safe_globals()) == before[3]')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, 'PYTHONPATH': REPO})
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_state_dict_keys_follow_lasnet():
@@ -159,6 +275,11 @@ def test_frozen_stage_maskers_threshold_in_training():
     (dict(depth=50, granularity=(4, 0, 2, 1)), 'granularity'),
     (dict(depth=50, sparse_inference='cuda'), 'sparse_inference'),
     (dict(depth=50, tau=0), 'tau'),
+    (dict(depth=50, tau='0.1'), "tau must be a finite number, got '0.1'"),
+    (dict(depth=50, tau=float('inf')), 'tau must be a finite number, got inf'),
+    (dict(depth=50, granularity=2.5), 'granularity values must be integers >= 1, got'),
+    (dict(depth=50, granularity='4'), "granularity must be an integer S or one S per stage"),
+    (dict(depth=50, cuda_graph='yes'), 'cuda_graph'),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

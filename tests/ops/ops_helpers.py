@@ -3,6 +3,8 @@ import torch.nn as nn
 
 from lasnet_mmdet.models.backbones.las_resnet import LASBottleneck
 from lasnet_mmdet.models.layers.masker import random_coarse_mask
+from lasnet_mmdet.ops import sparse_bottleneck
+from lasnet_mmdet.ops.geometry import conv_out, upsample_mask
 
 
 def randomise_bn(module, seed=0):
@@ -42,3 +44,16 @@ def assert_close_to_scale(out, ref, rtol):
     scale = ref.abs().max().clamp_min(1e-6)
     err = (out.float() - ref.float()).abs().max()
     assert err <= rtol * scale, f'max error {err:.3g} > {rtol} x scale {scale:.3g}'
+
+
+def dense_masked_forward(block, x, coarse):
+    """The definition the sparse ops reproduce: the block's dense-masked computation."""
+    mask = upsample_mask(coarse, block.granularity, conv_out(x.shape[2], block.stride),
+                         conv_out(x.shape[3], block.stride))
+    return block.dense_masked(x, mask)
+
+
+def sparse_forward(block, x, coarse, backend, reuse_output=False):
+    """The ops' tensor API on ``block``'s folded weights."""
+    return sparse_bottleneck(x, coarse, block.folded_weights(x.dtype), block.granularity,
+                             block.stride, backend, reuse_output=reuse_output)

@@ -15,12 +15,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
 from lasnet_mmdet.models.backbones.las_resnet import LASResNet
-from lasnet_mmdet.ops import dense_masked_forward, las_bottleneck_forward
 from lasnet_mmdet.ops.layout import to_nchw
 from lasnet_mmdet.ops.workspace import Workspace, use_workspace
 
 sys.path.insert(0, os.path.dirname(__file__))
-from ops_helpers import assert_close_to_scale, coarse_for, make_block  # noqa: E402
+from ops_helpers import (assert_close_to_scale, coarse_for, dense_masked_forward,  # noqa: E402
+                         make_block, sparse_forward)
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason='needs a CUDA device')
@@ -58,7 +58,7 @@ def _check(backend, case, rate, dtype=torch.float32, device='cpu', rtol=1e-4):
     with torch.no_grad():
         ref = dense_masked_forward(block.float(), x.float(), coarse.float())
         block.to(dtype)
-        out = las_bottleneck_forward(block, x, coarse, backend=backend)
+        out = sparse_forward(block, x, coarse, backend)
     assert out.dtype == dtype
     assert_close_to_scale(out, ref, rtol)
 
@@ -90,11 +90,11 @@ def test_triton_realistic_shape_and_no_sync_capture():
     coarse = coarse_for(block, x, 0.5)
     with torch.no_grad():
         ref = dense_masked_forward(block, x, coarse)
-        out = las_bottleneck_forward(block, x, coarse, 'triton')
+        out = sparse_forward(block, x, coarse, 'triton')
         assert_close_to_scale(out, ref, 2e-2)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            captured = las_bottleneck_forward(block, x, coarse, 'triton')
+            captured = sparse_forward(block, x, coarse, 'triton')
         coarse.copy_(coarse_for(block, x, 0.2, seed=5))  # new mask, same graph
         graph.replay()
         assert_close_to_scale(captured, dense_masked_forward(block, x, coarse), 2e-2)
@@ -132,9 +132,44 @@ def test_outputs_do_not_share_the_reused_workspace():
         backbone.sparse_inference = 'off'
         with backbone.pinned_masks(0.5, seed=1):
             ref = backbone(x)
-    assert backbone._workspace.nbytes > 0
     for o, k, r in zip(first, kept, ref):
         assert o.is_contiguous() and torch.equal(o, k)
+        assert_close_to_scale(o, r, 1e-4)
+
+
+@pytest.mark.parametrize('hook_on', ['block', 'pre_block', 'stage'])
+def test_hooked_outputs_never_change_after_return(hook_on):
+    """A forward hook holding a block's (or a stage's) output sees the same values after the
+    whole forward: with hooks registered, no output buffer is reused or updated in place."""
+    torch.manual_seed(0)
+    backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='torch').eval()
+    from ops_helpers import randomise_bn
+    randomise_bn(backbone)
+    held = []
+    if hook_on == 'block':
+        handle = backbone.layer1[0].register_forward_hook(
+            lambda m, a, out: held.append((out, out.clone())))
+    elif hook_on == 'pre_block':
+        handle = backbone.layer1[1].register_forward_pre_hook(
+            lambda m, a: held.append((a[0], a[0].clone())))
+    else:
+        handle = backbone.layer1.register_forward_hook(
+            lambda m, a, out: held.append((out, out.clone())))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad(), backbone.pinned_masks(0.5, seed=1):
+        backbone(x)
+        backbone(x)  # a second forward must not touch the first one's tensors either
+    handle.remove()
+    for out, copy in held:
+        assert torch.equal(out, copy)
+    # With the hook gone, the workspace is used again, and the results are the same.
+    with torch.no_grad(), backbone.pinned_masks(0.5, seed=1):
+        outs = backbone(x)
+    assert backbone._workspace.nbytes > 0
+    backbone.sparse_inference = 'off'
+    with torch.no_grad(), backbone.pinned_masks(0.5, seed=1):
+        ref = backbone(x)
+    for o, r in zip(outs, ref):
         assert_close_to_scale(o, r, 1e-4)
     backbone.train()
     assert backbone._workspace.nbytes == 0
@@ -148,13 +183,16 @@ def test_identity_block_writes_in_place_only_into_workspace_outputs():
     with torch.no_grad(), use_workspace(workspace):
         # The caller's tensor (negative values included) is left alone.
         before = x.clone()
-        out = las_bottleneck_forward(block, x, coarse, 'torch')
+        out = sparse_forward(block, x, coarse, 'torch', reuse_output=True)
         assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
         assert_close_to_scale(out, dense_masked_forward(block, x, coarse), 1e-4)
         # A previous block's output (>= 0, held by the workspace) becomes this block's output.
         x_ws = workspace.output(tuple(x.shape), x.dtype, x.device).copy_(x.relu())
         ref = dense_masked_forward(block, x.relu(), coarse)
-        out = las_bottleneck_forward(block, x_ws, coarse, 'torch')
+        kept = x_ws.clone()
+        out = sparse_forward(block, x_ws, coarse, 'torch', reuse_output=False)
+        assert out.data_ptr() != x_ws.data_ptr() and torch.equal(x_ws, kept)  # not asked
+        out = sparse_forward(block, x_ws, coarse, 'torch', reuse_output=True)
         assert out.data_ptr() == x_ws.data_ptr()
         assert_close_to_scale(out, ref, 1e-4)
 
@@ -182,26 +220,37 @@ def test_triton_cl_to_nchw(dtype):
 def test_block_forward_dispatches_and_matches():
     block = make_block(64, 16, 4, 2, True)
     x = torch.randn(2, 64, 19, 23)
-    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    coarse = coarse_for(block, x, 0.5)
     with torch.no_grad():
-        with block.masker.pin(0.5, gen()):
-            ref = block(x)
+        ref = block.forward_coarse(x, coarse)  # sparse_inference 'off': dense-masked
         block.sparse_inference = 'torch'
-        with block.masker.pin(0.5, gen()):
-            out = block(x)
+        out = block.forward_coarse(x, coarse)
+        assert block.sparse_backend(x) == 'torch'
     assert_close_to_scale(out, ref, 1e-4)
 
 
-def test_folded_weights_follow_parameter_changes():
+def test_folded_weights_cached_and_invalidated():
     block = make_block(64, 16, 2, 1, False)
+    block.sparse_inference = 'torch'
     x = torch.randn(1, 64, 8, 8)
     coarse = coarse_for(block, x, 1.0)
     with torch.no_grad():
-        las_bottleneck_forward(block, x, coarse, 'torch')
-        block.norm2.running_var.mul_(3.0)  # in place: the cache must notice
-        block.conv3.weight.add_(0.1)
-        out = las_bottleneck_forward(block, x, coarse, 'torch')
+        block.forward_coarse(x, coarse)
+        first = block.folded_weights(x.dtype)
+        block.forward_coarse(x, coarse)
+        assert block.folded_weights(x.dtype) is first  # no per-call re-derivation
+        # load_state_dict, train()/eval() and .to() drop the cache
+        state = {k: v.clone() for k, v in block.state_dict().items()}
+        state['bn2.running_var'] *= 3.0
+        state['conv3.weight'] += 0.1
+        block.load_state_dict(state)
+        out = block.forward_coarse(x, coarse)
         assert_close_to_scale(out, dense_masked_forward(block, x, coarse), 1e-4)
+        for change in (lambda: block.train().eval(), lambda: block.to(torch.float32),
+                       block.invalidate_cache):
+            cached = block.folded_weights(x.dtype)
+            change()
+            assert block.folded_weights(x.dtype) is not cached
 
 
 def test_unsupported_block_falls_back_or_fails_clearly():
@@ -209,10 +258,32 @@ def test_unsupported_block_falls_back_or_fails_clearly():
     x = torch.randn(1, 64, 8, 8)
     coarse = coarse_for(block, x, 0.5)
     with torch.no_grad():
-        out = las_bottleneck_forward(block, x, coarse, 'auto')
+        block.sparse_inference = 'auto'
+        out = block.forward_coarse(x, coarse)
+        assert block.sparse_backend(x) is None  # caffe style: dense-masked
         assert_close_to_scale(out, dense_masked_forward(block, x, coarse), 1e-6)
+        block.sparse_inference = 'torch'
         with pytest.raises(ValueError, match='caffe'):
-            las_bottleneck_forward(block, x, coarse, 'torch')
+            block.forward_coarse(x, coarse)
+
+
+def test_off_runs_no_triton(monkeypatch):
+    """'off' and 'torch' never reach a Triton kernel, on any device (masker, NCHW copies)."""
+    import lasnet_mmdet.ops.triton as triton_ops
+    import lasnet_mmdet.ops.triton.layout as layout
+    import lasnet_mmdet.ops.triton.masker as masker
+
+    def boom(*args, **kwargs):
+        raise AssertionError('a Triton kernel ran')
+    for module, name in ((masker, 'masker_decision'), (layout, 'cl_to_nchw'),
+                         (triton_ops, 'triton_forward')):
+        monkeypatch.setattr(module, name, boom)
+    backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1)).eval().to(DEVICE)
+    x = torch.randn(1, 3, 64, 64, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for mode in ('off', 'torch'):
+            backbone.sparse_inference = mode
+            backbone(x)
 
 
 def test_bad_inputs_name_the_bad_value():
@@ -221,30 +292,67 @@ def test_bad_inputs_name_the_bad_value():
     coarse = coarse_for(block, x, 0.5)
     # sparse execution is inference-only: with autograd recording, explicit backends refuse
     # and 'auto' runs the dense-masked computation (which autograd can differentiate)
+    block.sparse_inference = 'torch'
     with pytest.raises(ValueError, match='torch.no_grad'):
-        las_bottleneck_forward(block, x, coarse, 'torch')
-    auto = las_bottleneck_forward(block, x, coarse, 'auto')
+        block.forward_coarse(x, coarse)
+    block.sparse_inference = 'auto'
+    auto = block.forward_coarse(x, coarse)
     assert auto.requires_grad
     with torch.no_grad():
-        assert_close_to_scale(auto.detach(), las_bottleneck_forward(block, x, coarse, 'torch'), 1e-4)
+        assert_close_to_scale(auto.detach(), sparse_forward(block, x, coarse, 'torch'), 1e-4)
         _bad_inputs(block, x, coarse)
 
 
 def _bad_inputs(block, x, coarse):
+    from lasnet_mmdet.ops import resolve_backend
     with pytest.raises(ValueError, match="'cuda_fast'"):
-        las_bottleneck_forward(block, x, coarse, 'cuda_fast')
+        sparse_forward(block, x, coarse, 'cuda_fast')
+    with pytest.raises(ValueError, match="'cuda_fast'"):
+        resolve_backend('cuda_fast', 'cpu')
     with pytest.raises(ValueError, match=r'\(1, 1, 3, 3\)'):
-        las_bottleneck_forward(block, x, coarse[:, :, :3, :3], 'torch')
+        sparse_forward(block, x, coarse[:, :, :3, :3], 'torch')
     with pytest.raises(ValueError, match='torch.int64'):
-        las_bottleneck_forward(block, x.long(), coarse, 'torch')
+        sparse_bottleneck_raw(block, x.long(), coarse)
     if not CUDA:
         env = os.environ.pop('TRITON_INTERPRET', None)
         try:
             with pytest.raises(ValueError, match='CUDA tensors, got x on cpu'):
-                las_bottleneck_forward(block, x, coarse, 'triton')
+                resolve_backend('triton', 'cpu')
         finally:
             if env is not None:
                 os.environ['TRITON_INTERPRET'] = env
     with pytest.raises(ValueError, match='torch.float64'):
-        las_bottleneck_forward(block.to(DEVICE, torch.float64), x.to(DEVICE, torch.float64),
-                               coarse.to(DEVICE, torch.float64), 'triton')
+        sparse_forward(block.to(DEVICE, torch.float64), x.to(DEVICE, torch.float64),
+                       coarse.to(DEVICE, torch.float64), 'triton')
+
+
+def sparse_bottleneck_raw(block, x, coarse):
+    from lasnet_mmdet.ops import sparse_bottleneck
+    return sparse_bottleneck(x, coarse, block.folded_weights(torch.float32), block.granularity,
+                             block.stride, 'torch')
+
+
+def test_nan_pixel_same_in_dense_masked_and_sparse():
+    """One NaN input pixel: the sparse path and the dense-masked path ('off') agree on every
+    output (NaN where and only where both have it) and on the cost ratio."""
+    torch.manual_seed(0)
+    backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='off').eval()
+    from ops_helpers import randomise_bn
+    randomise_bn(backbone)
+    for _, block in backbone.las_blocks():  # decide by the input, with some patches skipped
+        block.masker.conv2.bias.data.zero_()
+    x = torch.randn(1, 3, 96, 96)
+    x[0, :, 40, 50] = float('nan')
+    results = {}
+    with torch.no_grad():
+        for mode in ('off', 'torch'):
+            backbone.sparse_inference = mode
+            outs = backbone(x)
+            stats = backbone.las_stats
+            results[mode] = (outs, float(stats['macs_dynamic']) / stats['macs_dense'])
+    (ref, ref_ratio), (out, ratio) = results['off'], results['torch']
+    assert ratio == pytest.approx(ref_ratio)
+    assert 0 < ratio < 1
+    for o, r in zip(out, ref):
+        assert torch.equal(o.isnan(), r.isnan())
+        assert_close_to_scale(torch.nan_to_num(o), torch.nan_to_num(r), 1e-4)

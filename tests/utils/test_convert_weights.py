@@ -1,4 +1,5 @@
 """tools/convert_lasnet_weights.py on checkpoints in LASNet's and torchvision's layouts."""
+import argparse
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def lasnet_imagenet_checkpoint(depth, prefix='module.'):
     state_dict['fc.bias'] = torch.randn(1000)
     return {'state_dict': {prefix + k: v for k, v in state_dict.items()}, 'epoch': 100,
             'best_acc1': 78.3, 'optimizer': {'state': {}, 'param_groups': []},
-            'args': {'arch': f'dyn_resnet{depth}'}, 'temp': 0.1}
+            'args': argparse.Namespace(arch=f'dyn_resnet{depth}', lr=0.1), 'temp': 0.1}
 
 
 def convert_cli(src, dst, depth):
@@ -88,3 +89,38 @@ def test_missing_backbone_key_is_named():
     del state_dict['layer4.2.bn3.running_var']
     with pytest.raises(KeyError, match='layer4.2.bn3.running_var'):
         convert_state_dict(state_dict, 50)
+
+
+def test_refuses_to_overwrite_the_source(tmp_path):
+    src = tmp_path / 'lasnet.pth.tar'
+    torch.save(lasnet_imagenet_checkpoint(50), src)
+    before = src.read_bytes()
+    for dst in (src, tmp_path / '.' / 'lasnet.pth.tar'):
+        proc = convert_cli(src, dst, 50)
+        assert proc.returncode != 0 and 'refusing to overwrite' in proc.stderr
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize('content', [b'', b'not a checkpoint\n'])
+def test_unreadable_source_is_named(tmp_path, content):
+    src = tmp_path / 'bad.pth'
+    src.write_bytes(content)
+    proc = convert_cli(src, tmp_path / 'out.pth', 50)
+    assert proc.returncode != 0
+    assert str(src) in proc.stderr and 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path):
+    """A write that fails midway (file size limit, as a full disk) leaves the old DST intact
+    and no temporary file behind."""
+    src, dst = tmp_path / 'lasnet.pth.tar', tmp_path / 'out.pth'
+    torch.save(lasnet_imagenet_checkpoint(50), src)
+    dst.write_bytes(b'previous output')
+    cmd = (f'ulimit -f 1024; exec {sys.executable} tools/convert_lasnet_weights.py '
+           f'{src} {dst} --depth 50')
+    proc = subprocess.run(['bash', '-c', cmd], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, 'PYTHONPATH': REPO})
+    assert proc.returncode != 0
+    assert dst.read_bytes() == b'previous output'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['lasnet.pth.tar', 'out.pth']

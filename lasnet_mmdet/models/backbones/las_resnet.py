@@ -1,31 +1,73 @@
 """LAS-ResNet: a ResNet whose bottlenecks compute only on the patches a learned mask selects.
 
-Read top to bottom: ``LASBottleneck`` (mmdet's Bottleneck plus a masker), the per-block
-multiply-accumulate (MAC) bookkeeping, then ``LASResNet`` (mmdet's ResNet with LAS blocks).
+Read top to bottom: ``LASBottleneck`` (mmdet's Bottleneck plus a masker; it decides how it
+runs: dense-masked, or sparse through ``lasnet_mmdet.ops``), the per-block multiply-accumulate
+(MAC) bookkeeping, then ``LASResNet`` (mmdet's ResNet with LAS blocks).
 
 Training runs dense-masked: every conv runs densely and the upsampled mask multiplies the
 bn3 output before the residual add, so gradients reach the masker through the straight-through
 Gumbel mask. Eval runs the same function on the active patches only (``lasnet_mmdet.ops``).
 Statistics of the last forward (activation rates, MACs) stay on the modules (``las_stats``),
 so the backbone keeps mmdet's contract of returning the tuple of feature maps.
+
+Inference state (the backend each block runs, BN folded into the convs, CUDA graphs per input
+shape) is derived once and kept until it can be stale: ``train()``/``eval()``,
+``load_state_dict``, ``.to()``/``.half()``, or a change of ``sparse_inference``. Weights edited
+in place in eval mode need ``backbone.invalidate_cache()``.
 """
 import math
+import numbers
 from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
-from ...ops.fold_bn import folded_conv
+from ...ops import (fold_bottleneck, fold_conv, is_foldable_downsample, resolve_backend,
+                    sparse_bottleneck, TRITON_DTYPES)
+from ...ops.cuda_graph import CUDAGraphCache
+from ...ops.geometry import coarse_shape, conv_out, dilate_mask, upsample_mask
 from ...ops.layout import to_nchw
 from ...ops.workspace import Workspace, use_workspace
-from ..layers.masker import Masker, dilate_mask, upsample_mask
+from ..layers.masker import Masker, MaskPin
 
 SPARSE_INFERENCE_MODES = ('auto', 'torch', 'triton', 'off')
+
+
+def _check_number(name, value, low=None, low_open=False):
+    """``value`` as a float; a ValueError naming ``name`` unless a finite number above ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not math.isfinite(value):
+        raise ValueError(f'{name} must be a finite number, got {value!r}')
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f'{name} must be {">" if low_open else ">="} {low}, got {value!r}')
+    return float(value)
+
+
+def sparse_unsupported_reason(block):
+    """Why ``block`` cannot run sparse (a sentence), or None when it can (static structure)."""
+    if block.with_plugins:
+        return 'the block has plugins'
+    if block.with_dcn:
+        return 'the block uses DCN'
+    if block.conv1_stride != 1:
+        return f'style={block.style!r} puts the stride on conv1 (sparse needs style="pytorch")'
+    for name in ('conv1', 'conv2', 'conv3'):
+        conv = getattr(block, name)
+        if conv.groups != 1 or conv.bias is not None or conv.dilation != (1, 1):
+            return f'{name} has groups, bias or dilation'
+    for name in ('norm1', 'norm2', 'norm3'):
+        norm = getattr(block, name)
+        if not isinstance(norm, _BatchNorm) or norm.running_var is None:
+            return f'{name} is {type(norm).__name__}, not a BatchNorm with running statistics'
+    if block.downsample is not None and not is_foldable_downsample(block.downsample):
+        return 'the downsample is not a 1x1 conv + BatchNorm (e.g. avg_down)'
+    return None
 
 
 class LASBottleneck(Bottleneck):
@@ -33,40 +75,118 @@ class LASBottleneck(Bottleneck):
 
     Args:
         granularity (int): Patch size S of this block's mask, in output pixels.
+        masker_cfg (dict, optional): ``execute_bias`` / ``skip_bias``: the masker's initial
+            logit biases (default 5.0 / 0.0: every patch executes at the start of training).
         Other args as :class:`mmdet.models.backbones.resnet.Bottleneck`.
     """
 
-    def __init__(self, inplanes, planes, granularity=1, **kwargs):
+    def __init__(self, inplanes, planes, granularity=1, masker_cfg=None, **kwargs):
         super().__init__(inplanes, planes, **kwargs)
         if self.dilation != 1:
             raise ValueError(f'LASBottleneck supports dilation 1 only, got {self.dilation}')
-        self.masker = Masker(inplanes, granularity, stride=self.stride)
+        self.masker = Masker(inplanes, granularity, stride=self.stride, **(masker_cfg or {}))
         self.tau = 1.0
         self.sparse_inference = 'off'
+        # True only while the backbone knows nobody else can hold this block's output (the
+        # PyTorch backend may then write it into a reused workspace buffer).
+        self.reuse_output = False
         self._last_mask = None  # (coarse mask, input size) of the last forward
         self._stats = None
+        self.invalidate_cache()
 
     @property
     def granularity(self):
         return self.masker.granularity
 
+    # --- inference state, derived once ------------------------------------------------------
+    def invalidate_cache(self):
+        """Forget the resolved backend and the folded weights (weights or mode changed)."""
+        self._resolved_for = None
+        self._backend = None
+        self._folded = {}
+
+    def train(self, mode=True):
+        self.invalidate_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.invalidate_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.invalidate_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def folded_weights(self, dtype):
+        """conv1..conv3 (and the downsample) with eval BN folded in, in ``dtype`` (cached)."""
+        if dtype not in self._folded:
+            self._folded[dtype] = fold_bottleneck(
+                (self.conv1, self.conv2, self.conv3), (self.norm1, self.norm2, self.norm3),
+                self.downsample, dtype)
+        return self._folded[dtype]
+
+    def sparse_backend(self, x):
+        """'torch' / 'triton' when this call runs sparse, None when it runs dense-masked."""
+        if self.training or self.sparse_inference == 'off':
+            return None
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            if self.sparse_inference != 'auto':
+                raise ValueError(f'sparse backend {self.sparse_inference!r}: autograd is '
+                                 'recording (sparse execution is for inference: use '
+                                 'torch.no_grad())')
+            return None
+        key = (self.sparse_inference, x.device, x.dtype)
+        if self._resolved_for != key:
+            self._backend = self._resolve(x.device, x.dtype)
+            self.masker.use_triton = self._backend == 'triton'
+            self._resolved_for = key
+        return self._backend
+
+    def _resolve(self, device, dtype):
+        reason = sparse_unsupported_reason(self)
+        if reason is not None:
+            if self.sparse_inference == 'auto':
+                return None
+            raise ValueError(f'sparse backend {self.sparse_inference!r} cannot run this '
+                             f'block: {reason}')
+        backend = resolve_backend(self.sparse_inference, device)
+        if backend == 'triton' and dtype not in TRITON_DTYPES:
+            if self.sparse_inference == 'auto':
+                return 'torch'
+            raise ValueError(f"sparse backend 'triton' supports {TRITON_DTYPES}, got {dtype}")
+        return backend
+
+    # --- forward ----------------------------------------------------------------------------
     def forward(self, x):
-        out_h, out_w = _conv_out(x.shape[-2], self.stride), _conv_out(x.shape[-1], self.stride)
+        backend = self.sparse_backend(x)
+        out_h, out_w = conv_out(x.shape[-2], self.stride), conv_out(x.shape[-1], self.stride)
         # Sampled once, outside the checkpointed function: recomputation must not redraw noise.
         coarse = self.masker(x, out_h, out_w, self.tau)
         self._last_mask, self._stats = (coarse, tuple(x.shape[-2:])), None
+        return self._run(x, coarse, backend)
 
-        if not self.training and self.sparse_inference != 'off':
-            from ...ops import las_bottleneck_forward
-            return las_bottleneck_forward(self, x, coarse, backend=self.sparse_inference)
+    def forward_coarse(self, x, coarse):
+        """The block's output on ``x`` under a given coarse mask (the masker is not run)."""
+        return self._run(x, coarse, self.sparse_backend(x))
 
-        mask = upsample_mask(coarse, self.granularity, out_h, out_w)
+    def _run(self, x, coarse, backend):
+        if backend is not None:
+            return sparse_bottleneck(x, coarse, self.folded_weights(x.dtype), self.granularity,
+                                     self.stride, backend, reuse_output=self.reuse_output)
+        mask = upsample_mask(coarse, self.granularity, conv_out(x.shape[-2], self.stride),
+                             conv_out(x.shape[-1], self.stride))
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(self.dense_masked, x, mask, use_reentrant=False)
         return self.dense_masked(x, mask)
 
     def dense_masked(self, x, mask):
-        """Every conv dense, ``mask`` (full resolution) on the bn3 output, then the residual."""
+        """Every conv dense, ``mask`` (full resolution) on the bn3 output, then the residual.
+
+        In training the mask multiplies (its straight-through gradient reaches the masker);
+        in eval skipped pixels are replaced by 0, so a NaN/Inf in a skipped patch's masked
+        branch never reaches the output, exactly as in the sparse path, which never computes
+        it (0 * NaN would be NaN).
+        """
         identity = x
         out = self.relu(self.norm1(self.conv1(x)))
         if self.with_plugins:
@@ -79,13 +199,18 @@ class LASBottleneck(Bottleneck):
             out = self.forward_plugin(out, self.after_conv3_plugin_names)
         if self.downsample is not None:
             identity = self.downsample(x)
-        return self.relu(out * mask + identity)
+        if self.training:
+            out = out * mask
+        else:
+            out = torch.where(mask > 0, out, torch.zeros((), dtype=out.dtype,
+                                                         device=out.device))
+        return self.relu(out + identity)
 
     # --- bookkeeping ------------------------------------------------------------------------
     def dense_macs(self, in_h, in_w):
         """Per-image MACs of each part at this input size (the masker's as LASNet counts it)."""
-        out_h, out_w = _conv_out(in_h, self.stride), _conv_out(in_w, self.stride)
-        mid_h, mid_w = _conv_out(in_h, self.conv1_stride), _conv_out(in_w, self.conv1_stride)
+        out_h, out_w = conv_out(in_h, self.stride), conv_out(in_w, self.stride)
+        mid_h, mid_w = conv_out(in_h, self.conv1_stride), conv_out(in_w, self.conv1_stride)
         cin, mid, cout = self.inplanes, self.planes, self.planes * self.expansion
         cells = math.ceil(out_h / self.granularity) * math.ceil(out_w / self.granularity)
         return dict(
@@ -96,43 +221,62 @@ class LASBottleneck(Bottleneck):
             downsample=cin * cout * out_h * out_w if self.downsample is not None else 0)
 
     @property
-    def stats(self):
-        """Rate r (differentiable), dilated rate r_dil and per-image MACs of the last forward.
+    def last_mask(self):
+        """Executed output pixels of the last forward, ``(B, 1, H_o, W_o)`` float in {0, 1}."""
+        if self._last_mask is None:
+            return None
+        coarse, (in_h, in_w) = self._last_mask
+        return upsample_mask(coarse, self.granularity, conv_out(in_h, self.stride),
+                             conv_out(in_w, self.stride))
 
-        Computed on first access, so inference pays nothing for bookkeeping nobody reads.
-        """
+    @property
+    def stats(self):
+        """Rate r (differentiable), dilated rate r_dil and per-image MACs of the last forward,
+        as batch means and per image (``*_per_image``, shape (B,)); float32 whatever the
+        model's dtype. Computed on first access: inference pays nothing for bookkeeping
+        nobody reads."""
         if self._stats is None and self._last_mask is not None:
             coarse, (in_h, in_w) = self._last_mask
-            out_h, out_w = _conv_out(in_h, self.stride), _conv_out(in_w, self.stride)
-            mid_h, mid_w = _conv_out(in_h, self.conv1_stride), _conv_out(in_w, self.conv1_stride)
-            mask = upsample_mask(coarse, self.granularity, out_h, out_w)
+            mid_h, mid_w = conv_out(in_h, self.conv1_stride), conv_out(in_w, self.conv1_stride)
+            mask = self.last_mask.float()
             with torch.no_grad():
-                rate_dil = dilate_mask(mask, self.conv2_stride, mid_h, mid_w).mean()
-            rate = mask.mean()
+                rate_dil = dilate_mask(mask, self.conv2_stride, mid_h, mid_w).mean((1, 2, 3))
+            rate = mask.mean((1, 2, 3))
             macs = self.dense_macs(in_h, in_w)
             dynamic = (macs['masker'] + macs['downsample'] + macs['conv1'] * rate_dil
                        + (macs['conv2'] + macs['conv3']) * rate)
-            self._stats = dict(rate=rate, rate_dil=rate_dil, macs_dense=float(sum(macs.values())),
-                               macs_dynamic=dynamic)
+            self._stats = dict(rate=rate.mean(), rate_per_image=rate,
+                               rate_dil=rate_dil.mean(), rate_dil_per_image=rate_dil,
+                               macs_dense=float(sum(macs.values())),
+                               macs_dynamic=dynamic.mean(), macs_dynamic_per_image=dynamic)
         return self._stats
 
 
-def _conv_out(size, stride):
-    """Output size of the block's 3x3 (padding 1) or 1x1 conv at ``stride``."""
-    return (size - 1) // stride + 1
-
-
 def _validate_granularity(granularity, num_stages):
-    if isinstance(granularity, int):
+    if isinstance(granularity, numbers.Real) and not isinstance(granularity, bool):
         granularity = (granularity, ) * num_stages
+    if isinstance(granularity, (str, bytes)) or not hasattr(granularity, '__iter__'):
+        raise ValueError(f'granularity must be an integer S or one S per stage, got '
+                         f'{granularity!r}')
     granularity = tuple(granularity)
     if len(granularity) != num_stages:
         raise ValueError(f'granularity needs one S per stage ({num_stages} stages), '
                          f'got {granularity!r}')
     for s in granularity:
-        if isinstance(s, bool) or int(s) != s or s < 1:
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or int(s) != s or s < 1:
             raise ValueError(f'granularity values must be integers >= 1, got {granularity!r}')
     return tuple(int(s) for s in granularity)
+
+
+def _validate_masker_cfg(masker_cfg):
+    if masker_cfg is None:
+        return None
+    if not isinstance(masker_cfg, dict):
+        raise ValueError(f'masker_cfg must be a dict, got {masker_cfg!r}')
+    unknown = set(masker_cfg) - {'execute_bias', 'skip_bias'}
+    if unknown:
+        raise ValueError(f'masker_cfg takes execute_bias and skip_bias, got {sorted(unknown)}')
+    return {k: _check_number(f'masker_cfg.{k}', v) for k, v in masker_cfg.items()}
 
 
 @MODELS.register_module()
@@ -147,7 +291,16 @@ class LASResNet(ResNet):
         granularity (int | Sequence[int]): Patch size S of the masks, one per stage.
         tau (float): Gumbel-softmax temperature (``LatencyLossHook`` schedules it).
         sparse_inference (str): Eval-mode execution: 'auto' (Triton on CUDA, PyTorch on CPU),
-            'torch', 'triton', or 'off' (dense convs times the mask, as in training).
+            'torch', 'triton', or 'off' (dense convs times the mask, as in training; no
+            Triton kernel runs at all).
+        masker_cfg (dict, optional): The maskers' initial biases,
+            ``dict(execute_bias=5.0, skip_bias=0.0)`` (applied by ``init_weights``).
+        cuda_graph (bool): In eval with the Triton backend, capture the sparse backbone in a
+            CUDA graph per input shape (and dtype / autocast state) and replay it: removes
+            the host overhead of ~200 small launches. Up to ``cuda_graph_cache`` graphs are
+            kept (least recently used evicted). Off while forward hooks are registered on
+            blocks or stages (a replay would not call them).
+        cuda_graph_cache (int): How many graphs to keep.
     """
 
     arch_settings = {
@@ -157,28 +310,42 @@ class LASResNet(ResNet):
     }
 
     def __init__(self, depth, granularity=(4, 4, 2, 1), tau=1.0, sparse_inference='auto',
-                 **kwargs):
+                 masker_cfg=None, cuda_graph=True, cuda_graph_cache=16, **kwargs):
         if depth not in self.arch_settings:
             raise ValueError(f'LASResNet depth must be one of {sorted(self.arch_settings)}, '
                              f'got {depth!r}')
         if sparse_inference not in SPARSE_INFERENCE_MODES:
             raise ValueError(f'sparse_inference must be one of {SPARSE_INFERENCE_MODES}, '
                              f'got {sparse_inference!r}')
+        if not isinstance(cuda_graph, bool):
+            raise ValueError(f'cuda_graph must be True or False, got {cuda_graph!r}')
+        if isinstance(cuda_graph_cache, bool) or not isinstance(cuda_graph_cache, int) or \
+                cuda_graph_cache < 1:
+            raise ValueError(f'cuda_graph_cache must be an integer >= 1, got '
+                             f'{cuda_graph_cache!r}')
         num_stages = kwargs.get('num_stages', 4)
         self.granularity = _validate_granularity(granularity, num_stages)
+        self.masker_cfg = _validate_masker_cfg(masker_cfg)
         super().__init__(depth, **kwargs)
         if self.style != 'pytorch' and sparse_inference in ('torch', 'triton'):
             raise ValueError(f'sparse inference needs style="pytorch", got {self.style!r}')
         self.sparse_inference = sparse_inference
         self.tau = tau
+        self.cuda_graph = cuda_graph
         self._warned_no_cost_loss = False
         self.cost_loss_attached = False  # set by LatencyLossHook
+        self.input_size = None  # (H, W) of the last forward's input
         # Scratch buffers of the PyTorch sparse backend, kept between forwards (never saved).
         self._workspace = Workspace()
+        self._graphs = CUDAGraphCache(max_entries=cuda_graph_cache)
+        self._pin_epoch = 0  # bumped whenever pinned masks change (graphs hold the masks)
+        self._mask_layouts = {}
+        self.invalidate_cache()
 
     def make_res_layer(self, **kwargs):
         stage = int(math.log2(kwargs['planes'] // self.base_channels))
         kwargs['granularity'] = self.granularity[stage]
+        kwargs['masker_cfg'] = self.masker_cfg
         if kwargs.get('init_cfg') is None and self.zero_init_residual and self._kaiming_init:
             kwargs['init_cfg'] = dict(type='Constant', val=0, override=dict(name='norm3'))
         return super().make_res_layer(**kwargs)
@@ -194,15 +361,23 @@ class LASResNet(ResNet):
             for i, block in enumerate(getattr(self, layer_name)):
                 yield f'{layer_name}.{i}', block
 
+    def block_input_sizes(self, in_h, in_w):
+        """``(name, block, (h, w))``: the input size of every LAS block for an image size."""
+        # The stem (7x7 or deep, stride 2) and the max-pool (stride 2) each halve the size.
+        h, w = conv_out(conv_out(in_h, 2), 2), conv_out(conv_out(in_w, 2), 2)
+        sizes = []
+        for name, block in self.las_blocks():
+            sizes.append((name, block, (h, w)))
+            h, w = conv_out(h, block.stride), conv_out(w, block.stride)
+        return sizes
+
     @property
     def tau(self):
         return self._tau
 
     @tau.setter
     def tau(self, value):
-        if not value > 0:
-            raise ValueError(f'tau must be > 0, got {value!r}')
-        self._tau = float(value)
+        self._tau = _check_number('tau', value, low=0, low_open=True)
         for _, block in self.las_blocks():
             block.tau = self._tau
 
@@ -218,83 +393,214 @@ class LASResNet(ResNet):
         self._sparse_inference = mode
         for _, block in self.las_blocks():
             block.sparse_inference = mode
+        if hasattr(self, '_graphs'):
+            self.invalidate_cache()
+
+    # --- inference state, derived once ------------------------------------------------------
+    def invalidate_cache(self):
+        """Forget everything derived from the weights for inference: folded BN, resolved
+        backends, CUDA graphs. Automatic on ``train()``/``eval()``, ``load_state_dict``,
+        ``.to()``; call it after editing weights in place in eval mode."""
+        self._stem_folded = {}
+        self._graphs.clear()
+        for _, block in self.las_blocks():
+            block.invalidate_cache()
 
     def train(self, mode=True):
         if mode:
             self._workspace.release()
+        if hasattr(self, '_graphs'):
+            self._stem_folded = {}
+            self._graphs.clear()
         super().train(mode)  # mmdet's ResNet.train returns None; nn.Module's returns self
         return self
+
+    def _apply(self, fn, *args, **kwargs):
+        if hasattr(self, '_graphs'):
+            self._stem_folded = {}
+            self._graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._stem_folded = {}
+        self._graphs.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def stem_macs(self, in_h, in_w):
         """Per-image MACs of the stem conv and max-pool (always dense)."""
         if self.deep_stem:
             raise NotImplementedError('MAC counting of the deep stem is not implemented')
-        stem_h, stem_w = (in_h - 1) // 2 + 1, (in_w - 1) // 2 + 1
-        pool_h, pool_w = (stem_h - 1) // 2 + 1, (stem_w - 1) // 2 + 1
+        stem_h, stem_w = conv_out(in_h, 2), conv_out(in_w, 2)
+        pool_h, pool_w = conv_out(stem_h, 2), conv_out(stem_w, 2)
         stem = self.conv1.in_channels * self.stem_channels * 49 * stem_h * stem_w
         return stem + self.stem_channels * pool_h * pool_w * 9
 
+    # --- forward ----------------------------------------------------------------------------
     def forward(self, x):
         if self.training and not self.cost_loss_attached and not self._warned_no_cost_loss:
             print_log('LASResNet is training without LatencyLossHook: no cost loss is applied, '
                       'so nothing drives the masks towards a target rate.',
                       logger='current', level=30)
             self._warned_no_cost_loss = True
-        self._input_size = tuple(x.shape[-2:])
+        self.input_size = tuple(x.shape[-2:])
         if self.training or self.sparse_inference == 'off':
             outs = super().forward(x)
             # Necks and heads (mmcv's CPU RoIAlign reads raw NCHW memory) get NCHW, as from
             # mmdet's ResNet, whatever layout the input had.
             return tuple(to_nchw(out) for out in outs)
+        hooked = self._hooks_see_blocks()
+        for _, block in self.las_blocks():
+            # Workspace outputs only where no hook can hold a block's output or input.
+            block.reuse_output = not hooked
+        if self._use_graphs(x, hooked):
+            return self._graphed_forward(x)
         with use_workspace(self._workspace):
             return self._sparse_forward(x)
 
-    def _sparse_forward(self, x):
-        """mmdet's ResNet forward, the stem's BN folded into its conv when nothing records
-        gradients (the stem maps are the largest of the network: one pass over them fewer).
-        Each stage output is copied to a fresh NCHW tensor as soon as its stage ends, before
-        the workspace reuses its buffer (``lasnet_mmdet.ops.workspace``)."""
-        stem = (self.conv1, self.norm1)
-        if self.deep_stem or not isinstance(self.norm1, _BatchNorm) or (
-                torch.is_grad_enabled() and any(p.requires_grad for m in stem
-                                                for p in m.parameters())):
-            x = self.stem(x) if self.deep_stem else self.relu(self.norm1(self.conv1(x)))
-        else:
-            weight, bias = folded_conv(self.conv1, self.norm1, x.dtype)
-            x = F.conv2d(x, weight, bias, self.conv1.stride, self.conv1.padding).relu_()
-        x = self.maxpool(x)
-        outs = []
-        for i, layer_name in enumerate(self.res_layers):
-            x = getattr(self, layer_name)(x)
-            if i in self.out_indices:
-                outs.append(to_nchw(x, fresh=True))
+    def _hooks_see_blocks(self):
+        """Whether a forward (pre-)hook can see a block's or a stage's input or output."""
+        if _global_forward_hooks or _global_forward_pre_hooks:
+            return True
+        modules = [getattr(self, name) for name in self.res_layers]
+        modules += [block for _, block in self.las_blocks()]
+        return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+    def _use_graphs(self, x, hooked):
+        return (self.cuda_graph and x.is_cuda and not hooked
+                and not torch.cuda.is_current_stream_capturing()
+                and not (torch.is_grad_enabled() and any(p.requires_grad
+                                                         for p in self.parameters()))
+                and self._stem_backend(x) == 'triton')
+
+    def _stem_backend(self, x):
+        """The backend that runs this forward's sparse blocks ('torch' / 'triton'), by the
+        same rule as the blocks (also decides the NCHW conversion and the masker kernel)."""
+        mode = self.sparse_inference
+        backend = resolve_backend(mode, x.device)
+        if backend == 'triton' and self._cast_dtype(x) not in TRITON_DTYPES:
+            backend = 'torch'
+        return backend
+
+    @staticmethod
+    def _cast_dtype(x):
+        """The dtype the sparse path computes in: autocast's, when autocast is on."""
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return x.dtype
+
+    def _graphed_forward(self, x):
+        device_type = x.device.type
+        key = (self.sparse_inference, self._pin_epoch, torch.is_autocast_enabled(device_type),
+               self._cast_dtype(x))
+        *outs, masks = self._graphs(self._forward_and_masks, x, key=key)
+        # The graph wrote this call's masks into ``masks``: the blocks' records point there.
+        offset = 0
+        for block, shape, in_hw in self._mask_layout(x.shape[0], *x.shape[-2:]):
+            size = math.prod(shape)
+            block._last_mask, block._stats = (masks[offset:offset + size].view(shape), in_hw), None
+            offset += size
         return tuple(outs)
 
+    def _mask_layout(self, batch, in_h, in_w):
+        """``(block, coarse mask shape, block input size)`` in forward order (cached)."""
+        key = (batch, in_h, in_w)
+        if key not in self._mask_layouts:
+            self._mask_layouts[key] = [
+                (block, coarse_shape(batch, h, w, block.stride, block.granularity), (h, w))
+                for _, block, (h, w) in self.block_input_sizes(in_h, in_w)]
+        return self._mask_layouts[key]
+
+    def _forward_and_masks(self, x):
+        outs = self._sparse_forward(x)
+        masks = torch.cat([block._last_mask[0].reshape(-1) for _, block in self.las_blocks()])
+        return (*outs, masks)
+
+    def _sparse_forward(self, x):
+        """mmdet's ResNet forward on the sparse blocks, in autocast's dtype when it is on, the
+        stem's BN folded into its conv (the stem maps are the largest of the network: one pass
+        over them fewer). Each stage output is copied to a fresh NCHW tensor as soon as its
+        stage ends, before the workspace reuses its buffer (``lasnet_mmdet.ops.workspace``)."""
+        dtype = self._cast_dtype(x)
+        use_triton = self._stem_backend(x) == 'triton'
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(dtype)
+            if self.deep_stem or not isinstance(self.norm1, _BatchNorm):
+                x = self.stem(x) if self.deep_stem else self.relu(self.norm1(self.conv1(x)))
+            else:
+                if dtype not in self._stem_folded:
+                    self._stem_folded[dtype] = fold_conv(self.conv1, self.norm1, dtype)
+                weight, bias = self._stem_folded[dtype]
+                x = F.conv2d(x, weight, bias, self.conv1.stride, self.conv1.padding).relu_()
+            x = self.maxpool(x)
+            outs = []
+            for i, layer_name in enumerate(self.res_layers):
+                x = getattr(self, layer_name)(x)
+                if i in self.out_indices:
+                    outs.append(to_nchw(x, fresh=True, use_triton=use_triton))
+        return tuple(outs)
+
+    # --- what the last forward did ----------------------------------------------------------
     @property
     def las_stats(self):
-        """Statistics of the last forward: per-block rates and per-image backbone MACs.
+        """Statistics of the last forward: per-block rates and per-image backbone MACs
+        (float32; ``*_per_image`` entries have one value per image of the batch).
 
         ``macs_dynamic`` and each ``rate`` are tensors that carry gradient in training.
         """
         blocks = [(name, block.stats) for name, block in self.las_blocks()]
         if any(stats is None for _, stats in blocks):
             raise RuntimeError('las_stats is available only after a forward of the backbone')
-        stem = float(self.stem_macs(*self._input_size))
+        stem = float(self.stem_macs(*self.input_size))
+        per_image = stem + sum(stats['macs_dynamic_per_image'] for _, stats in blocks)
         return dict(
             blocks={name: stats for name, stats in blocks},
             macs_dense=stem + sum(stats['macs_dense'] for _, stats in blocks),
-            macs_dynamic=stem + sum(stats['macs_dynamic'] for _, stats in blocks))
+            macs_dynamic=per_image.mean(),
+            macs_dynamic_per_image=per_image)
+
+    def last_masks(self):
+        """``{block name: (B, 1, H_o, W_o) mask}``: the executed pixels of the last forward."""
+        masks = {name: block.last_mask for name, block in self.las_blocks()}
+        if any(mask is None for mask in masks.values()):
+            raise RuntimeError('last_masks is available only after a forward of the backbone')
+        return masks
 
     @contextmanager
-    def pinned_masks(self, rate, seed=0):
-        """Seeded random masks with exactly ``round(rate * cells)`` active cells per image.
+    def pinned_masks(self, rate=None, seed=0, masks=None, run_masker=False):
+        """Replace every masker's decision by fixed masks, for benchmarks and calibration.
 
-        For benchmarking and calibration: ``with backbone.pinned_masks(0.5): backbone(x)``.
+        ``with backbone.pinned_masks(0.5): backbone(x)``: seeded random masks with exactly
+        ``round(rate * cells)`` active cells per image, drawn once per input shape and kept
+        on the device. ``masks={'layer1.0': coarse, ...}``: these coarse masks (blocks not
+        named keep their own decision). ``run_masker``: the maskers still compute their own
+        decision (so its cost is timed), which is then unused.
         """
-        if not 0 <= rate <= 1:
-            raise ValueError(f'rate must be in [0, 1], got {rate!r}')
+        if (rate is None) == (masks is None):
+            raise ValueError('pinned_masks needs exactly one of rate= and masks=')
+        if rate is not None:
+            rate = _check_number('rate', rate, low=0)
+            if rate > 1:
+                raise ValueError(f'rate must be in [0, 1], got {rate!r}')
+        blocks = dict(self.las_blocks())
+        if masks is not None:
+            unknown = set(masks) - set(blocks)
+            if unknown:
+                raise ValueError(f'pinned masks name unknown blocks {sorted(unknown)}; blocks '
+                                 f'are {list(blocks)[:3]} ...')
         generator = torch.Generator().manual_seed(seed)
-        with ExitStack() as stack:
-            for _, block in self.las_blocks():
-                stack.enter_context(block.masker.pin(rate, generator))
-            yield self
+        self._pin_epoch += 1
+        try:
+            with ExitStack() as stack:
+                for name, block in blocks.items():
+                    if masks is None:
+                        pin = MaskPin(rate, generator, run_masker=run_masker)
+                    elif name in masks:
+                        pin = MaskPin(mask=masks[name], run_masker=run_masker)
+                    else:
+                        continue
+                    stack.enter_context(block.masker.pinned(pin))
+                yield self
+        finally:
+            self._pin_epoch += 1
+            self._graphs.clear()  # graphs captured with these masks hold them

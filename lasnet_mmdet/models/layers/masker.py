@@ -7,13 +7,13 @@ logits (index 0 = execute, 1 = skip) with a 1x1 conv, and decides:
 * training: hard Gumbel-softmax at temperature ``tau`` with a straight-through gradient;
 * eval: ``execute >= skip`` (ties execute), no noise.
 
-In eval on CUDA, without autograd, one fused Triton kernel (``ops.triton.masker``) computes the
-same decision from the input directly; ``logits`` stays the PyTorch reference.
+In eval, when the block runs the Triton backend, one fused Triton kernel
+(``ops.triton.masker``) computes the same decision from the input directly; ``logits`` stays
+the PyTorch reference.
 
 The module is named ``masker`` inside a block and its conv ``conv2``, so LASNet checkpoints
 (``layerX.i.masker.conv2.{weight,bias}``) load 1:1.
 """
-import importlib.util
 import math
 from contextlib import contextmanager
 
@@ -22,30 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-
-def coarse_grid_size(out_h, out_w, granularity):
-    """Cells of the coarse grid covering an ``out_h x out_w`` map with SxS patches."""
-    return math.ceil(out_h / granularity), math.ceil(out_w / granularity)
-
-
-def upsample_mask(coarse, granularity, out_h, out_w):
-    """Nearest upsampling of a coarse mask to exact SxS patches, clipped to ``out_h x out_w``."""
-    mask = coarse.repeat_interleave(granularity, dim=2).repeat_interleave(granularity, dim=3)
-    return mask[:, :, :out_h, :out_w]
-
-
-def dilate_mask(mask, stride, in_h, in_w):
-    """Positions of the conv1 output that a 3x3 conv2 (padding 1, ``stride``) reads for ``mask``.
-
-    Output pixel (i, j) reads conv1 rows ``stride*i-1 .. stride*i+1``: place the mask at
-    ``(stride*i, stride*j)`` on the ``in_h x in_w`` grid and max-dilate it by 3x3.
-    """
-    if stride > 1:
-        placed = mask.new_zeros(mask.shape[0], mask.shape[1], in_h, in_w)
-        placed[:, :, ::stride, ::stride] = mask
-    else:
-        placed = mask
-    return F.max_pool2d(placed, kernel_size=3, stride=1, padding=1)
+from ...ops.geometry import coarse_grid_size, dilate_mask, upsample_mask  # noqa: F401
 
 
 def random_coarse_mask(batch, h, w, rate, generator, device):
@@ -57,6 +34,32 @@ def random_coarse_mask(batch, h, w, rate, generator, device):
     mask = torch.zeros(batch, cells)
     mask.scatter_(1, order[:, :active], 1.0)
     return mask.view(batch, 1, h, w).to(device)
+
+
+class MaskPin:
+    """Masks that replace a masker's decision: fixed, or seeded random at exactly ``rate``.
+
+    Random masks are drawn once per (batch, grid) shape on the host and then kept on the
+    device, so a pinned forward does no host work (and stays capturable in a CUDA graph).
+    """
+
+    def __init__(self, rate=None, generator=None, mask=None, run_masker=False):
+        self.rate, self.generator, self.mask = rate, generator, mask
+        self.run_masker = run_masker
+        self._drawn = {}
+
+    def __call__(self, shape, device, dtype):
+        if self.mask is not None:
+            if tuple(self.mask.shape) != tuple(shape):
+                raise ValueError(f'pinned mask has shape {tuple(self.mask.shape)}, the block '
+                                 f'needs {tuple(shape)} for this input')
+            return self.mask.to(device, dtype)
+        key = (tuple(shape), device, dtype)
+        if key not in self._drawn:
+            batch, _, h, w = shape
+            self._drawn[key] = random_coarse_mask(batch, h, w, self.rate, self.generator,
+                                                  device).to(dtype)
+        return self._drawn[key]
 
 
 class Masker(BaseModule):
@@ -71,14 +74,22 @@ class Masker(BaseModule):
     EXECUTE_BIAS = 5.0
     SKIP_BIAS = 0.0
 
-    def __init__(self, in_channels, granularity, stride=1, init_cfg=None):
+    def __init__(self, in_channels, granularity, stride=1, execute_bias=EXECUTE_BIAS,
+                 skip_bias=SKIP_BIAS, init_cfg=None):
         super().__init__(init_cfg)
-        if int(granularity) != granularity or granularity < 1:
+        if isinstance(granularity, bool) or not isinstance(granularity, (int, float)) or \
+                int(granularity) != granularity or granularity < 1:
             raise ValueError(f'granularity must be an integer >= 1, got {granularity!r}')
+        for name, value in (('execute_bias', execute_bias), ('skip_bias', skip_bias)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f'masker {name} must be a finite number, got {value!r}')
         self.granularity = int(granularity)
         self.stride = stride
+        self.execute_bias, self.skip_bias = float(execute_bias), float(skip_bias)
         self.conv2 = nn.Conv2d(in_channels, 2, kernel_size=1, bias=True)
-        self.pinned = None  # (rate, torch.Generator) while masks are pinned
+        self.pin = None  # a MaskPin while masks are pinned
+        self.use_triton = False  # eval decision by the fused kernel (set by the block)
         self._reset()
 
     def _reset(self):
@@ -86,7 +97,7 @@ class Masker(BaseModule):
         # the execute bias makes almost every patch execute at the start of training.
         self.conv2.reset_parameters()
         with torch.no_grad():
-            self.conv2.bias.copy_(torch.tensor([self.EXECUTE_BIAS, self.SKIP_BIAS]))
+            self.conv2.bias.copy_(torch.tensor([self.execute_bias, self.skip_bias]))
 
     def init_weights(self):
         # Runs after the backbone's Kaiming init_cfg (and before any Pretrained load).
@@ -105,11 +116,17 @@ class Masker(BaseModule):
 
     def forward(self, x, out_h, out_w, tau=1.0):
         """Coarse mask ``(B, 1, h, w)`` in {0, 1} (float, differentiable in training)."""
-        if self.pinned is not None:
-            rate, generator = self.pinned
+        if self.pin is not None:
+            if self.pin.run_masker:
+                self.decide(x, tau)  # its cost is real (benchmarks), its decision unused
             h, w = coarse_grid_size(out_h, out_w, self.granularity)
-            return random_coarse_mask(x.shape[0], h, w, rate, generator, x.device).to(x.dtype)
-        if self._fused_eval(x):
+            return self.pin((x.shape[0], 1, h, w), x.device, x.dtype)
+        return self.decide(x, tau)
+
+    def decide(self, x, tau=1.0):
+        """The masker's own decision: hard Gumbel in training, ``execute >= skip`` in eval."""
+        if self.use_triton and not self.training and not (
+                torch.is_grad_enabled() and self.conv2.weight.requires_grad):
             # Imported here so that installs without triton still import this module.
             from ...ops.triton.masker import masker_decision
             return masker_decision(x, self.conv2.weight, self.conv2.bias,
@@ -119,18 +136,11 @@ class Masker(BaseModule):
             return F.gumbel_softmax(logits, tau=tau, hard=True, dim=1)[:, :1]
         return (logits[:, :1] >= logits[:, 1:]).to(x.dtype)
 
-    def _fused_eval(self, x):
-        # Inference only (the kernel has no backward), on CUDA, in the kernel's dtypes.
-        return (not self.training
-                and not (torch.is_grad_enabled() and self.conv2.weight.requires_grad)
-                and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-                and importlib.util.find_spec('triton') is not None)
-
     @contextmanager
-    def pin(self, rate, generator):
-        """Replace the learned mask by seeded random masks at exactly ``rate``."""
-        self.pinned = (rate, generator)
+    def pinned(self, pin):
+        """Replace the decision by ``pin`` (a ``MaskPin``) for the duration."""
+        self.pin = pin
         try:
             yield
         finally:
-            self.pinned = None
+            self.pin = None

@@ -8,19 +8,21 @@
 Inactive output rows are ReLU(residual): one elementwise ReLU writes the whole output first.
 """
 import torch
+import torch.nn.functional as F
 
-from ..fold_bn import downsample_residual, folded_weights
-from ..patches import conv_out
+from ..geometry import conv_out
 from .compact import compact_rows
 from .gemm import conv3x3_rows, rows_gemm
 
 
-def triton_forward(block, x, coarse):
+def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
+    """Eval output of a LAS bottleneck (``weights``: ``FoldedBottleneck``) on its active
+    patches. ``ieee``: fp32 products in full precision (else TF32 on tensor cores, as cuDNN's
+    dense convs under ``torch.backends.cudnn.allow_tf32``)."""
     batch, _, in_h, in_w = x.shape
-    stride = block.conv2_stride
     out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
-    f = folded_weights(block, x.dtype)
-    mid_c, out_c = f['w1'].shape[1], f['w3'].shape[1]
+    f = weights
+    mid_c = f.w1.shape[1]
     x = x.contiguous(memory_format=torch.channels_last)
     in_rows, out_rows = batch * in_h * in_w, batch * out_h * out_w
 
@@ -28,16 +30,20 @@ def triton_forward(block, x, coarse):
     needed = torch.empty(in_rows, dtype=torch.int32, device=x.device)
     active = torch.empty(out_rows, dtype=torch.int32, device=x.device)
     compact_rows(coarse.contiguous(), counts, needed, active, (in_h, in_w), (out_h, out_w),
-                 block.granularity, stride)
+                 granularity, stride)
 
     mid = x.new_empty(in_rows, mid_c)  # rows outside the needed list are never read
-    rows_gemm(x, f['w1'], f['b1'], mid, needed, counts[0:], in_rows, gather_a=True,
-              scatter_out=True)
+    rows_gemm(x, f.w1, f.b1, mid, needed, counts[0:], in_rows, gather_a=True,
+              scatter_out=True, ieee=ieee)
     y2 = x.new_empty(out_rows, mid_c)
-    conv3x3_rows(mid, f['w2'], f['b2'], y2, active, counts[1:], out_rows, (in_h, in_w),
-                 (out_h, out_w), stride)
-    res = downsample_residual(block, x)
+    conv3x3_rows(mid, f.w2, f.b2, y2, active, counts[1:], out_rows, (in_h, in_w),
+                 (out_h, out_w), stride, ieee=ieee)
+    if f.ds_weight is None:
+        res = x
+    else:
+        res = F.conv2d(x, f.ds_weight, f.ds_bias, f.ds_stride).contiguous(
+            memory_format=torch.channels_last)
     out = torch.relu(res)
-    rows_gemm(y2, f['w3'], f['b3'], out, active, counts[1:], out_rows, gather_a=False,
-              scatter_out=True, res=res)
+    rows_gemm(y2, f.w3, f.b3, out, active, counts[1:], out_rows, gather_a=False,
+              scatter_out=True, res=res, ieee=ieee)
     return out
