@@ -24,6 +24,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # lasnet_mmdet from a checkout
 
@@ -161,8 +163,59 @@ class Layer:
 
 
 def bench(fn, rep):
+    """Median ms of ``fn`` replayed back to back in a CUDA graph (as the graphed backbone runs
+    its kernels: no launch gaps; plain ``do_bench`` at batch 1 times the host's launches)."""
     import triton.testing
-    return triton.testing.do_bench(fn, warmup=max(rep / 4, 2), rep=rep, return_mode='median')
+    return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode='median')
+
+
+# --- the conv3x3 kernel before this version (loop over taps, inner loop over channels), for
+# comparison only: the pipeliner could not prefetch across taps ------------------------------
+@triton.jit
+def nested_conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C, N, H, W,
+                               Ho, Wo, STRIDE: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    count = tl.load(count_ptr)
+    if pid_m * BLOCK_M >= count:
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < count
+    rows = tl.load(rows_ptr + offs_m, mask=m_ok, other=0)
+    b = rows // (Ho * Wo)
+    oy = (rows // Wo) % Ho
+    ox = rows % Wo
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in tl.static_range(9):
+        iy = oy * STRIDE - 1 + tap // 3
+        ix = ox * STRIDE - 1 + tap % 3
+        ok = m_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        src = ((b * H + iy) * W + ix).to(tl.int64)
+        for k0 in range(0, C, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < C
+            a = tl.load(x_ptr + src[:, None] * C + offs_k[None, :],
+                        mask=ok[:, None] & k_ok[None, :], other=0.0)
+            wb = tl.load(w_ptr + (tap * C + offs_k)[:, None] * N + offs_n[None, :],
+                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, wb, acc)
+    acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    acc = tl.maximum(acc, 0.0)
+    out_offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def nested_conv3x3(L, tile):
+    lay, t = L.lay, tile
+    grid = (triton.cdiv(L.max_rows, t[0]), triton.cdiv(lay['N'], t[1]))
+    return lambda: nested_conv3x3_rows_kernel[grid](
+        L.x, L.w, L.b, L.out, L.active, L.counts[1:], lay['K'] // 9, lay['N'], *lay['in_hw'],
+        *lay['out_hw'], STRIDE=lay['stride'], BLOCK_M=t[0], BLOCK_N=t[1], BLOCK_K=t[2],
+        num_warps=t[3], num_stages=t[4])
 
 
 def run(args):
@@ -188,13 +241,16 @@ def run(args):
                 cands = {}
                 for cand in CANDIDATES:
                     c = Tile(*cand)
-                    if c.block_n > max(64, triton_next_pow2(lay['N'])):
+                    if c.block_n > max(64, triton.next_power_of_2(lay['N'])):
                         continue
                     cands[cand] = bench(L.sparse(c), args.rep)
                 best = min(cands.values())
                 row['candidates'] = {str(list(c)): t for c, t in cands.items()}
                 row['best_tile'] = list(min(cands, key=cands.get))
                 row['best_ms'] = best
+                if lay['kernel'] == 'conv3x3':  # the previous kernel, its autotune set
+                    row['nested_best_ms'] = min(bench(nested_conv3x3(L, c), args.rep)
+                                                for c in CANDIDATES[:4])
                 key = (lay['kernel'], lay['N'], lay['K'])
                 for c, t in cands.items():
                     tune.setdefault(key, {}).setdefault(c, []).append(t / best)
@@ -204,7 +260,9 @@ def run(args):
                   f"{row['sparse_tflops']:6.1f} TFLOP/s | cuDNN dense {t_dense * 1e3:8.1f} us "
                   f"{row['dense_tflops']:6.1f} TFLOP/s"
                   + (f" | best {row['best_tile']} {row['best_ms'] * 1e3:.1f} us"
-                     if args.tune else ''), flush=True)
+                     if args.tune else '')
+                  + (f" (nested-loop kernel {row['nested_best_ms'] * 1e3:.1f} us)"
+                     if 'nested_best_ms' in row else ''), flush=True)
             del L
     res['stages'] = stage_summary(res['layers'])
     for s in res['stages']:
@@ -224,10 +282,6 @@ def run(args):
             print(f"    ('{kernel}', {n}, {k}): Tile{t},")
         print('}')
     return res
-
-
-def triton_next_pow2(n):
-    return 1 << (int(n) - 1).bit_length()
 
 
 def stage_summary(rows):

@@ -157,17 +157,61 @@ class CUDAGraphCache:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side), amp:
-                for _ in range(self.warmup):  # lazy initialisation outside the capture
+                # Warm-up outside the capture (lazy initialisation, Triton compilation); the
+                # last call checks that fn never synchronises with the host, which a capture
+                # cannot record (one more plain call first, for a lazy first-call sync).
+                for _ in range(self.warmup - 1):
                     fn(static_x)
+                if _host_sync(fn, static_x) and _host_sync(fn, static_x):
+                    raise RuntimeError('fn synchronises with the host (a capture would fail)')
             torch.cuda.current_stream(device).wait_stream(side)
             torch.cuda.synchronize(device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.stream(side), amp:
-                graph.capture_begin(pool=self._pool, capture_error_mode='thread_local')
-                try:
-                    out = fn(static_x)
-                finally:
-                    graph.capture_end()  # raises if the capture was invalidated
+            try:
+                with torch.cuda.stream(side), amp:
+                    graph.capture_begin(pool=self._pool, capture_error_mode='thread_local')
+                    try:
+                        out = fn(static_x)
+                    finally:
+                        graph.capture_end()  # raises if the capture was invalidated
+            except Exception:
+                _recover_from_failed_capture(graph, device)
+                self._pool = None  # the failed graph's pool stays registered: use a new one
+                raise
             torch.cuda.current_stream(device).wait_stream(side)
             static_out, single = _as_tuple(out)
             return _Graph(graph, static_x, static_out, single)
+
+
+def _host_sync(fn, x):
+    """Call ``fn(x)``; True if it made a synchronising CUDA call (it then stopped there)."""
+    saved = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        fn(x)
+    except RuntimeError as e:
+        if 'synchronizing CUDA operation' in str(e):
+            return True
+        raise
+    finally:
+        torch.cuda.set_sync_debug_mode(saved)
+    return False
+
+
+# Graphs whose capture failed. torch ends such a capture half way: the caching allocator keeps
+# a reference to the graph (so it must stay alive) and the CUDA RNG stays in capture mode
+# (every later random op on the device then fails) until some capture ends properly.
+_FAILED_CAPTURES = []
+
+
+def _recover_from_failed_capture(graph, device):
+    _FAILED_CAPTURES.append(graph)
+    torch.cuda.synchronize(device)
+    tiny = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(torch.cuda.Stream(device)):
+        tiny.capture_begin()  # a pool of its own
+        try:
+            torch.zeros(1, device=device)
+        finally:
+            tiny.capture_end()
+    torch.cuda.synchronize(device)

@@ -147,7 +147,7 @@ def test_eager_when_recording_autograd_or_capturing():
 
 
 @requires_cuda
-def test_failed_capture_falls_back_and_logs_once(caplog):
+def test_host_sync_is_detected_before_capturing():
     def syncs(x):  # a host synchronisation cannot be captured
         return (x * float(x.sum().item() != 12345.0), )
 
@@ -158,6 +158,29 @@ def test_failed_capture_falls_back_and_logs_once(caplog):
             torch.testing.assert_close(cache(syncs, x)[0], x)
     assert cache.stats['failures'] == 2 and cache.stats['captures'] == 0 and len(cache) == 0
     assert cache.stats['hits'] == 0
+    torch.randn(3, device='cuda')  # the CUDA RNG is usable
+
+
+@requires_cuda
+def test_failed_capture_falls_back_and_leaves_torch_usable():
+    def invalid_in_capture(x):  # querying a capturing stream invalidates the capture
+        y = x * 2
+        torch.cuda.current_stream().query()
+        return (y, )
+
+    model = TwoOutputs().cuda().eval()
+    cache = CUDAGraphCache()
+    with torch.no_grad():
+        for _ in range(2):
+            x = torch.randn(4, 4, device='cuda')
+            torch.testing.assert_close(cache(invalid_in_capture, x)[0], x * 2)
+        assert cache.stats['failures'] == 1 and len(cache) == 0
+        # torch is left usable: random numbers on the device, and new captures.
+        x = torch.randn(1, 3, 16, 16, device='cuda')
+        _assert_equal_outputs(cache(model, x), model(x))
+        x = torch.randn(1, 3, 16, 16, device='cuda')
+        _assert_equal_outputs(cache(model, x), model(x))
+    assert cache.stats['captures'] == 1 and cache.stats['hits'] == 1
 
 
 @requires_cuda
