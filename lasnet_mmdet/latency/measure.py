@@ -6,7 +6,6 @@ block goes through the public entry point of the ops, ``las_bottleneck_forward``
 """
 import statistics
 import time
-from contextlib import contextmanager
 
 import torch
 
@@ -113,7 +112,7 @@ def coarse_mask(shape, granularity, rate, device='cpu', dtype='fp32', seed=0):
 def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', backend='auto',
                       block=None, warmup=2, repeats=5, min_seconds=0.0):
     """Median seconds of the sparse path of one LAS block at a pinned mask (masker excluded)."""
-    from ..ops import las_bottleneck_forward
+    from ..ops import resolve_backend, sparse_bottleneck
     from ..ops.workspace import Workspace, use_workspace
     block = block if block is not None else make_block(shape, granularity, device, dtype)
     block.sparse_inference = backend
@@ -127,9 +126,13 @@ def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', back
     if not shape.downsample:
         x = workspace.output(tuple(x.shape), x.dtype, x.device).copy_(x)
 
+    weights = block.folded_weights(x.dtype)
+    backend = resolve_backend(backend, x.device)
+
     def forward():
-        with use_workspace(workspace):
-            return las_bottleneck_forward(block, x, mask, backend=backend)
+        with torch.no_grad(), use_workspace(workspace):
+            return sparse_bottleneck(x, mask, weights, granularity, block.stride, backend,
+                                     reuse_output=True)
     return time_fn(forward, device, warmup, repeats, min_seconds)
 
 
@@ -157,29 +160,6 @@ def make_backbones(depth=101, granularity=(4, 4, 2, 1), device='cpu', dtype='fp3
     return dense, las
 
 
-@contextmanager
-def fixed_masks(model, x, rate):
-    """Every masker of ``model`` returns the device tensor a pinned forward at ``rate`` drew,
-    so timed forwards do no host-side mask drawing and can be captured in a CUDA graph."""
-    masks = {}
-    hooks = [block.masker.register_forward_hook(
-        lambda module, args, out, name=name: masks.__setitem__(name, out))
-        for name, block in model.las_blocks()]
-    try:
-        with model.pinned_masks(rate):
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for name, block in model.las_blocks():
-        block.masker.forward = lambda *args, mask=masks[name], **kwargs: mask
-    try:
-        yield model
-    finally:
-        for _, block in model.las_blocks():
-            del block.masker.forward
-
-
 @torch.no_grad()
 def measure_backbone(model, in_h, in_w, rate=None, batch=1, device='cpu', dtype='fp32',
                      warmup=1, repeats=3):
@@ -187,7 +167,7 @@ def measure_backbone(model, in_h, in_w, rate=None, batch=1, device='cpu', dtype=
     x = torch.randn(batch, 3, in_h, in_w, device=device, dtype=TORCH_DTYPES[dtype])
     if rate is None:
         return time_fn(lambda: model(x), device, warmup, repeats)
-    with fixed_masks(model, x, rate):
+    with model.pinned_masks(rate):  # drawn once, kept on the device
         return time_fn(lambda: model(x), device, warmup, repeats)
 
 

@@ -222,13 +222,24 @@ def _eltwise(name, elems, b, passes=2, fresh=False):
     return Kernel(name, bytes=passes * elems * b, alloc_bytes=_fresh(elems * b) if fresh else 0.0)
 
 
-def static_kernels(shape, dtype='fp32', bn_folded=False):
-    """Kernels of mmdet's dense Bottleneck in eager mode (conv, BN, ReLU as separate ops)."""
+def static_kernels(shape, dtype='fp32', bn_folded=False, deployed=False):
+    """Kernels of a dense Bottleneck: mmdet's in eager mode (conv, BN, ReLU as separate ops on
+    NCHW tensors), or with ``deployed`` the best dense network a practitioner would run
+    (channels-last, BN folded, bias + ReLU and the residual add + ReLU in the conv epilogues,
+    as ``torch.compile`` does)."""
     b = DTYPE_BYTES[dtype]
     B, cin, mid, cout = shape.batch, shape.in_channels, shape.planes, shape.out_channels
     px1 = B * shape.in_h * shape.in_w
     out_h, out_w = shape.out_hw
     px2 = B * out_h * out_w
+    if deployed:
+        ks = [_conv('conv1', px1, mid, cin, px1 * cin, px1 * mid, b, nchw=False),
+              _conv('conv2', px2, mid, 9 * mid, px1 * mid, px2 * mid, b, nchw=False)]
+        if shape.downsample:
+            ks.append(_conv('downsample', px2, cout, cin, px2 * cin, px2 * cout, b, nchw=False))
+        # conv3 reads the residual in its epilogue
+        ks.append(_conv('conv3', px2, cout, mid, px2 * (mid + cout), px2 * cout, b, nchw=False))
+        return ks
     ks = []
 
     def conv_bn(name, M, N, K, in_elems, relu=True):
@@ -417,11 +428,12 @@ def stem_kernels(in_h, in_w, batch=1, dtype='fp32', in_channels=3, stem_channels
 
 # --- public API -------------------------------------------------------------------------------
 
-def predict_static_block(shape, profile, dtype=None, bn_folded=False):
-    """Seconds of a dense bottleneck."""
+def predict_static_block(shape, profile, dtype=None, bn_folded=False, deployed=False):
+    """Seconds of a dense bottleneck (``deployed``: the best dense schedule, see
+    ``static_kernels``)."""
     profile = load_profile(profile)
     dtype = dtype or profile.dtype
-    return kernels_time(static_kernels(shape, dtype, bn_folded), profile, dtype)
+    return kernels_time(static_kernels(shape, dtype, bn_folded, deployed), profile, dtype)
 
 
 def predict_las_block(shape, granularity, rate, profile, schedule=None, dtype=None, exact=True):
@@ -452,8 +464,10 @@ def resnet_block_shapes(in_h, in_w, depth=101, batch=1, base_channels=64):
 
 
 def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101, batch=1,
-                     schedule=None, dtype=None, exact=True, nchw_outputs=True):
-    """Per-part seconds of a whole backbone; static when ``granularity`` is None.
+                     schedule=None, dtype=None, exact=True, nchw_outputs=True, deployed=False):
+    """Per-part seconds of a whole backbone; static when ``granularity`` is None (mmdet's
+    eager ResNet, or with ``deployed`` the best dense schedule: BN folded, channels-last,
+    fused epilogues, the reference of ``LatencyCost``).
 
     ``rate`` is one r for every block or a sequence with one r per block. A LAS backbone's
     stem has its BN folded (as ``LASResNet`` runs it in sparse inference). ``nchw_outputs``:
@@ -470,12 +484,13 @@ def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101,
     rates = list(rate) if hasattr(rate, '__len__') else [rate] * len(shapes)
     if len(rates) != len(shapes):
         raise ValueError(f'need {len(shapes)} rates, got {len(rates)}')
-    stem = kernels_time(stem_kernels(in_h, in_w, batch, dtype, folded=granularity is not None),
+    stem = kernels_time(stem_kernels(in_h, in_w, batch, dtype,
+                                     folded=granularity is not None or deployed),
                         profile, dtype)
     blocks, stages = [], [0.0] * 4
     for (stage, _, shape), r in zip(shapes, rates):
         if granularity is None:
-            t = predict_static_block(shape, profile, dtype)
+            t = predict_static_block(shape, profile, dtype, deployed=deployed)
         else:
             t = predict_las_block(shape, granularity[stage], r, profile, schedule, dtype, exact)
         blocks.append(t)

@@ -111,8 +111,9 @@ class Masker(BaseModule):
             x = F.avg_pool2d(x, window, window, ceil_mode=True)
         # The 1x1 conv to two channels as a matmul over channels: oneDNN's conv costs 0.36 ms
         # a call on 2 CPU cores for this 2 MMAC product (setup and weight reorders).
-        weight = self.conv2.weight.view(2, -1)
-        return (x.permute(0, 2, 3, 1) @ weight.t() + self.conv2.bias).permute(0, 3, 1, 2)
+        # In x's dtype: the sparse path runs in autocast's dtype with autocast off.
+        weight, bias = self.conv2.weight.view(2, -1).to(x.dtype), self.conv2.bias.to(x.dtype)
+        return (x.permute(0, 2, 3, 1) @ weight.t() + bias).permute(0, 3, 1, 2)
 
     def forward(self, x, out_h, out_w, tau=1.0):
         """Coarse mask ``(B, 1, h, w)`` in {0, 1} (float, differentiable in training)."""
