@@ -1,0 +1,101 @@
+"""tools/test.py's LAS flags: --las-per-image, --las-results, --las-show-masks, --fp16, and
+its argument checks, on a small trained checkpoint."""
+import glob
+import json
+import os.path as osp
+
+import mmcv
+import pytest
+
+from visualization.las_test_checkpoint import DEMO, las_test_run, load_tool
+
+
+@pytest.fixture(scope='module')
+def test_run(tmp_path_factory, sample_coco):
+    return las_test_run(tmp_path_factory, sample_coco)
+
+
+def test_per_image_records_average_to_the_report(test_run):
+    folder, output = test_run
+    with open(osp.join(folder, 'per_image.json')) as f:
+        per_image = json.load(f)
+    with open(osp.join(folder, 'results.json')) as f:
+        metrics = json.load(f)['metrics']
+    images = per_image['images']
+    assert per_image['num_images'] == len(images) == 3
+    assert len({image['img_id'] for image in images}) == 3
+    assert all(osp.isfile(image['img_path']) for image in images)
+
+    def mean(key):
+        return sum(image[key] for image in images) / len(images)
+
+    for key, metric in (('act_rate', 'las/act_rate'), ('gmacs_dynamic', 'las/gmacs_dynamic'),
+                        ('gmacs_dense', 'las/gmacs_dense'),
+                        ('pred_latency_ms', 'las/pred_latency_ms'),
+                        ('measured_latency_ms', 'las/measured_latency_ms')):
+        assert mean(key) == pytest.approx(metrics[metric], rel=1e-6), key
+    rates = sorted(image['act_rate'] for image in images)
+    assert metrics['las/act_rate_min'] == pytest.approx(rates[0])
+    assert metrics['las/act_rate_max'] == pytest.approx(rates[-1])
+    assert metrics['las/act_rate_median'] == pytest.approx(rates[1])
+    assert rates[0] < rates[-1]  # the images differ: a spread to report
+    # each block's printed mean is the mean of its per-image rates
+    block = sum(image['block_rates']['layer3.5'] for image in images) / 3
+    assert f'layer3.5{block:>20.3f}' in output
+    assert 'act. rate across images: min' in output
+    assert 'coco/bbox_mAP' in metrics and 'coco/segm_mAP' in metrics
+    assert metrics['las/pred_latency_ratio'] < 1
+
+
+def test_show_dir_with_masks_adds_the_overlays(test_run):
+    folder, _ = test_run
+    pictures = glob.glob(osp.join(folder, '*', 'shown', '*.png'))
+    assert len(pictures) == 3
+    # mmdet's ground truth | prediction picture (2 x 128 px wide) plus 4 stage panels
+    picture = mmcv.imread(pictures[0])
+    assert picture.shape[0] >= 256 and picture.shape[1] >= 6 * 256
+
+
+def test_fp16_and_show_masks_go_into_the_config(tmp_path):
+    test_tool = load_tool('test')
+    cfg = test_tool.build_config(test_tool.parse_args(
+        [DEMO, 'x.pth', '--fp16', '--show-dir', 'shown', '--las-show-masks',
+         '--las-show-blocks', 'layer3.0', '--las-per-image', str(tmp_path / 'p.json')]))
+    assert cfg.test_cfg.fp16 is True
+    assert cfg.default_hooks.visualization.type == 'LASDetVisualizationHook'
+    assert cfg.default_hooks.visualization.blocks == ['layer3.0']
+    reports = [hook for hook in cfg.custom_hooks if hook['type'] == 'LASReportHook']
+    assert reports and reports[0]['per_image_out'] == str(tmp_path / 'p.json')
+    plain = test_tool.build_config(test_tool.parse_args([DEMO, 'x.pth']))
+    assert not plain.test_cfg.get('fp16', False)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--out', 'results.json'], "'results.json'"),
+    (['--las-per-image', 'rates.txt'], "'rates.txt'"),
+    (['--las-results', 'metrics.pkl'], "'metrics.pkl'"),
+    (['--las-show-masks'], '--show-dir'),
+])
+def test_bad_arguments_fail_before_the_runner(argv, message, tmp_path, capsys):
+    test_tool = load_tool('test')
+    work_dir = tmp_path / 'work'
+    with pytest.raises(SystemExit):
+        test_tool.main([DEMO, 'x.pth', '--work-dir', str(work_dir), *argv])
+    assert message in capsys.readouterr().err
+    assert not work_dir.exists()  # nothing created
+
+
+def test_unknown_mask_block_fails_before_the_runner(tmp_path):
+    test_tool = load_tool('test')
+    with pytest.raises(SystemExit, match="unknown block 'layer3.99'"):
+        test_tool.main([DEMO, 'x.pth', '--work-dir', str(tmp_path / 'work'), '--show-dir',
+                        'shown', '--las-show-masks', '--las-show-blocks', 'layer3.99'])
+    assert not (tmp_path / 'work').exists()
+
+
+def test_records_of_several_ranks_come_back_in_dataset_order():
+    from lasnet_mmdet.engine.hooks.las_report_hook import interleave_ranks
+    # 5 images over 2 ranks: DefaultSampler pads to 6 (image 0 again) and deals them out.
+    assert interleave_ranks([[0, 2, 4], [1, 3, 0]], 5) == [0, 1, 2, 3, 4]
+    assert interleave_ranks([[0, 1, 2]], 3) == [0, 1, 2]
+    assert interleave_ranks([[0, 3], [1], [2]], 4) == [0, 1, 2, 3]  # uneven, unpadded
