@@ -89,6 +89,11 @@ def test_las_backbone_without_hook_trains_and_warns_once(sample_coco, tmp_path):
 @pytest.mark.parametrize('kwargs, match', [
     (dict(target=0), 'target'), (dict(target=1.2), 'target'), (dict(weight=-1), 'weight'),
     (dict(tau=0), 'tau'), (dict(tau_end=-0.1), 'tau_end'), (dict(cost='flops'), 'cost'),
+    # not numbers, or not finite: a ValueError naming the parameter and the value
+    (dict(target='0.5'), "target .*'0.5'"), (dict(tau='0.1'), "tau .*'0.1'"),
+    (dict(weight=True), 'weight .*True'), (dict(tau=math.inf), 'tau .*inf'),
+    (dict(weight=math.inf), 'weight .*inf'), (dict(tau_end=math.inf), 'tau_end .*inf'),
+    (dict(target=math.nan), 'target .*nan'),
 ])
 def test_bad_hook_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
