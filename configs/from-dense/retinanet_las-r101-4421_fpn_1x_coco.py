@@ -1,0 +1,32 @@
+# RetinaNet, LAS-ResNet-101 (S = 4-4-2-1) + FPN, 1x COCO, from DENSE ImageNet weights
+# (torchvision's ResNet-101) instead of the paper's LAS ImageNet checkpoint, which LASNet does
+# not publish. The maskers start untrained, so this adds the from-dense recipe
+# (docs/recipe.md) to the paper's config (../retinanet_las-r101-4421_fpn_1x_coco.py): masker
+# biases near the decision boundary, a 10x masker learning rate, LASNet's per-block bounds
+# (relaxed over the first third of the run) and a Gumbel temperature annealed 1.0 -> 0.1.
+_base_ = '../retinanet_las-r101-4421_fpn_1x_coco.py'
+
+target = 0.5  # the paper's RetinaNet target
+
+model = dict(
+    backbone=dict(
+        # Only the stem stays frozen: stage-1 maskers are untrained in dense weights and must
+        # learn (the paper freezes stage 1, maskers included, because its ImageNet LAS
+        # checkpoint trained them).
+        frozen_stages=0,
+        masker_cfg=dict(execute_bias=2.0, skip_bias=0.0),
+        # torchvision's keys (layerX.i.conv1, bn1, downsample.0/1) are LASResNet's: everything
+        # but the maskers loads. Needs torchvision and a download; offline, convert a local
+        # file: tools/convert_lasnet_weights.py resnet101-63fe2227.pth OUT --depth 101.
+        init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='torchvision://resnet101')))
+
+custom_hooks = [
+    dict(type='LatencyLossHook', target=target, weight=1.0, tau=1.0, tau_end=0.1,
+         bounds=dict(relax=0.33, weight=10.0, by_epoch=False)),
+    dict(type='LASReportHook'),
+]
+
+# mmengine gives each parameter the multipliers of the LONGEST custom key in its name:
+# 'masker.conv2' (maskers: 10x base lr, no decay) wins over 'backbone' (0.2x, 0.9x).
+optim_wrapper = dict(
+    paramwise_cfg=dict(custom_keys={'masker.conv2': dict(lr_mult=10.0, decay_mult=0.0)}))
