@@ -2,10 +2,11 @@
 
 ``CUDAGraphCache`` removes the host's launch overhead from a callable ``fn(x)`` whose CUDA
 work depends only on the input's shape (not its values): the first call with a new key
-warms ``fn`` up on a side stream (Triton compilation, cuDNN/cuBLAS handles), captures one
-CUDA graph, and replays it; later calls with the same key copy ``x`` into the graph's static
-input, replay, and return clones of the static outputs, so a returned tensor never changes
-afterwards. The key is the input's shape, strides, dtype and device, the CUDA autocast state,
+warms ``fn`` up on a side stream (Triton compilation, cuDNN/cuBLAS handles), calls it once
+more with torch's sync debug mode set to 'error' (a host synchronisation cannot be
+captured), captures one CUDA graph and replays it (three passes of ``fn`` for a new key);
+later calls with the same key copy ``x`` into the graph's static input, replay, and return
+clones of the static outputs, so a returned tensor never changes afterwards. The key is the input's shape, strides, dtype and device, the CUDA autocast state,
 the TF32 flags (they change which kernels run) and whatever the caller adds (``key=``, e.g.
 the sparse-inference mode).
 
@@ -22,9 +23,10 @@ caller's stream, and every static output is cloned right after its own replay. C
 
 ``fn`` runs eagerly instead (same result, no graph) when ``x`` is not a CUDA tensor, when
 autograd records (graphs are for inference), inside another capture (the outer graph then
-records ``fn``), while another thread captures, and for a key whose capture failed (logged
-once per cache with mmengine's ``print_log``; e.g. ``fn`` synchronises with the host).
-Importing this module needs no CUDA.
+records ``fn``), while another thread captures, and for a key whose capture failed or whose
+``fn`` synchronises with the host (logged once per cache with mmengine's ``print_log``).
+The sync check sets torch's process-wide sync debug mode for one call. Importing this module
+needs no CUDA.
 """
 import threading
 from collections import OrderedDict
@@ -71,7 +73,8 @@ class CUDAGraphCache:
 
     Args:
         max_entries (int): Graphs kept at most; the least recently used goes first.
-        warmup (int): Eager calls of ``fn`` on a side stream before each capture.
+        warmup (int): Eager calls of ``fn`` on a side stream before each capture (plus the
+            one that checks for host synchronisations).
         name (str): Names the cache in the log message of a failed capture.
     """
 
@@ -157,12 +160,12 @@ class CUDAGraphCache:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side), amp:
-                # Warm-up outside the capture (lazy initialisation, Triton compilation); the
-                # last call checks that fn never synchronises with the host, which a capture
-                # cannot record (one more plain call first, for a lazy first-call sync).
-                for _ in range(self.warmup - 1):
+                # Warm-up outside the capture (lazy initialisation, Triton compilation, cuDNN
+                # algorithm search), then one call checking that fn does not synchronise with
+                # the host, which a capture cannot record.
+                for _ in range(self.warmup):
                     fn(static_x)
-                if _host_sync(fn, static_x) and _host_sync(fn, static_x):
+                if _host_sync(fn, static_x):
                     raise RuntimeError('fn synchronises with the host (a capture would fail)')
             torch.cuda.current_stream(device).wait_stream(side)
             torch.cuda.synchronize(device)

@@ -1,8 +1,11 @@
-"""tools/benchmark_latency.py end to end on the CPU, at a tiny input (timings are not checked)."""
+"""tools/benchmark_latency.py end to end on the CPU at tiny sizes (timings are not checked),
+and its argument checks, which must fail before any model is built."""
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -10,31 +13,103 @@ TOOL = 'tools/benchmark_latency.py'
 CONFIG = 'configs/lasnet_r101_fpn.py'
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, TOOL, CONFIG, '--device', 'cpu', *args], cwd=REPO,
+def run_tool(*args, config=CONFIG):
+    return subprocess.run([sys.executable, TOOL, config, '--device', 'cpu', *args], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': REPO})
 
 
-def test_benchmark_json_table_curve_and_kernels(tmp_path):
+def test_backbone_detector_and_stream(tmp_path):
     out = tmp_path / 'bench.json'
-    proc = run_tool('--shape', '64', '96', '--rate', '0.5', '--granularity', '4', '4', '7', '1',
-                    '--warmup', '0', '--repeats', '1', '--rates', '0.3', '--profile-kernels',
-                    '--json', str(out))
+    proc = run_tool('--depth', '50', '--shape', '64', '96', '--rate', '0.5', '--granularity',
+                    '4', '4', '7', '1', '--warmup', '0', '--repeats', '1', '--rates', '0.3',
+                    '--detector', '--stream', '--stream-scale', '0.07', '--json', str(out),
+                    # few proposals: the RoI head on 1000 random boxes takes seconds on a CPU
+                    '--cfg-options', 'model.test_cfg.rpn.nms_pre=50',
+                    'model.test_cfg.rpn.max_per_img=10')
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res['granularity'] == [4, 4, 7, 1] and res['shape'] == [64, 96]
-    assert res['ratio'] == res['sparse_ms'] / res['dense_ms']
-    assert 0 < res['macs_ratio'] < 1
-    assert sorted(res['stages']) == ['layer1', 'layer2', 'layer3', 'layer4']
-    assert [c['rate'] for c in res['curve']] == [0.3]
-    assert res['curve'][0]['macs_ratio'] < res['macs_ratio']
-    # The sparse forward runs row GEMMs; the dense one runs convolutions.
-    sparse_ops = [row['name'] for row in res['kernels']['sparse']['top']]
-    dense_ops = [row['name'] for row in res['kernels']['dense']['top']]
-    assert 'aten::addmm' in sparse_ops and 'aten::addmm' not in dense_ops
-    assert 'sparse/dense' in proc.stdout and 'sparse:' in proc.stdout
+    assert res['granularity'] == [4, 4, 7, 1] and res['shape'] == [64, 96] and res['depth'] == 50
+    (bb, ) = res['backbone']
+    # Dense baselines on the CPU: mmdet's module and channels-last BN-folded; LAS sparse/masked.
+    assert set(bb['ms']) == {'nchw', 'cl_folded', 'las_sparse', 'las_masked'}
+    assert bb['best_dense'] in ('nchw', 'cl_folded') and bb['las'] == 'las_sparse'
+    assert bb['ratio'] == bb['ms']['las_sparse'] / min(bb['ms']['nchw'], bb['ms']['cl_folded'])
+    assert 0 < bb['macs_ratio'] < 1
+    assert [c['rate'] for c in bb['curve']] == [0.3]
+    assert bb['curve'][0]['macs_ratio'] < bb['macs_ratio']
+    (det, ) = res['detector']
+    assert det['dtype'] == 'fp32' and det['batch'] == 1 and set(det['ms']) == {'dense', 'las'}
+    (stream, ) = res['stream']
+    assert [s['size'] for s in stream['sizes']] == [[64, 96], [96, 64], [64, 64]]
+    for s in stream['sizes']:
+        assert set(s['cold_ms']) == set(s['warm_ms']) == {'dense', 'las'}
+    assert stream['warm_ratio'] == stream['warm_total_ms']['las'] / stream['warm_total_ms']['dense']
+    assert 'fastest dense' in proc.stdout and 'predict()' in proc.stdout
+    assert 'warm total' in proc.stdout
 
 
-def test_benchmark_rejects_a_bad_rate():
-    proc = run_tool('--rate', '1.5')
-    assert proc.returncode != 0 and '1.5' in proc.stderr
+def test_padded_test_sizes():
+    from lasnet_mmdet.benchmark import padded_test_sizes
+    sizes = padded_test_sizes()
+    assert len(sizes) == 8 and (800, 1216) in sizes
+    for h, w in sizes:
+        assert h % 32 == 0 and w % 32 == 0 and min(h, w) <= 800 + 31 and max(h, w) <= 1333 + 31
+
+
+def test_fold_resnet_equals_the_module():
+    import torch
+    from mmdet.models.backbones import ResNet
+
+    from lasnet_mmdet.benchmark import fold_resnet
+    torch.manual_seed(0)
+    dense = ResNet(50)
+    for m in dense.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    dense.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref, out = dense(x), fold_resnet(dense)(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_resnet(dense).modules())
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+
+
+def parse(*args, config=CONFIG):
+    """The tool's argument parsing, in this process (bad arguments exit before any work)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('benchmark_latency', os.path.join(REPO, TOOL))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        return tool.parse_args([config, '--device', 'cpu', *args])
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--batch', '0'], '--batch must be >= 1, got 0'),
+    (['--batch', '1', '-2'], '--batch must be >= 1, got -2'),
+    (['--repeats', '0'], '--repeats must be >= 1, got 0'),
+    (['--json', 'missing_dir/x.json'], 'missing_dir'),
+    (['--rate', '1.5'], '1.5'),
+    (['--dtype', 'fp16'], '--dtype fp16 is not supported on --device cpu'),
+    (['--detector', '--dtype', 'bf16'], 'use --dtype fp32 on the CPU'),
+    (['--compile'], '--compile needs --device cuda'),
+    (['--stream-scale', '0'], '--stream-scale must be > 0, got 0'),
+])
+def test_bad_arguments_fail_at_once(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_config_fails_at_once(capsys):
+    with pytest.raises(SystemExit):
+        parse(config='configs/nope.py')
+    assert 'configs/nope.py' in capsys.readouterr().err
+    assert parse('--batch', '1', '8', '--dtype', 'fp32', 'bf16').batch == [1, 8]

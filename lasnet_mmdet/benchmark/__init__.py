@@ -1,0 +1,17 @@
+"""Benchmarking a LAS-ResNet against the dense ResNets a practitioner would deploy.
+
+``tools/benchmark_latency.py`` is a thin command line over these pieces:
+
+* ``dense``: mmdet's ResNet as built (NCHW) and the best dense variants of the same weights:
+  channels-last with every BN folded into its conv, CUDA graphs, ``torch.compile``;
+* ``timing``: interleaved medians, first-call (cold) timing, a kernel/operator table;
+* ``detector``: a whole detector's ``predict()`` with either backbone, under autocast;
+* ``sizes``: the COCO-like padded test sizes of the stream benchmark.
+"""
+from .dense import dense_twin, dense_variants, fold_resnet
+from .detector import DetectorBench
+from .sizes import COCO_IMAGE_SIZES, padded_test_sizes
+from .timing import kernel_table, sync, time_call, time_interleaved
+
+__all__ = ['COCO_IMAGE_SIZES', 'DetectorBench', 'dense_twin', 'dense_variants', 'fold_resnet',
+           'kernel_table', 'padded_test_sizes', 'sync', 'time_call', 'time_interleaved']
