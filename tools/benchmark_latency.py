@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', help='write the results here')
+    p.add_argument('--keep-going', action='store_true',
+                   help='record an error of one table in the JSON and go on with the others')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, as mmdet\'s tools (key=value)')
     args = p.parse_args(argv)
@@ -269,11 +271,21 @@ def run(args):
                threads=torch.get_num_threads(), shape=list(args.shape),
                granularity=list(bcfg.get('granularity')), rate=args.rate,
                backend=args.backend, warmup=args.warmup, repeats=args.repeats)
+
+    def table(fn, *fn_args):
+        if not args.keep_going:
+            return fn(*fn_args)
+        try:
+            return fn(*fn_args)
+        except Exception as e:  # noqa: BLE001  (--keep-going: reported, not hidden)
+            print(f'ERROR in {fn.__name__}{fn_args[2:]}: {type(e).__name__}: {e}', flush=True)
+            return dict(args=[str(a) for a in fn_args[2:]], error=f'{type(e).__name__}: {e}')
+
     if not args.no_backbone:
         saved = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = True  # the dense baselines at their best
         try:
-            res['backbone'] = [bench_backbone(args, bcfg, d, b)
+            res['backbone'] = [table(bench_backbone, args, bcfg, d, b)
                                for d in args.dtype for b in args.batch]
         finally:
             torch.backends.cudnn.benchmark = saved
@@ -282,10 +294,10 @@ def run(args):
         torch.manual_seed(args.seed)
         bench = DetectorBench(cfg, bcfg, args.device)
         if args.detector:
-            res['detector'] = [bench_detector(args, bench, d, b)
+            res['detector'] = [table(bench_detector, args, bench, d, b)
                                for d in args.dtype for b in args.batch]
         if args.stream:
-            res['stream'] = [bench_stream(args, bench, d) for d in args.dtype]
+            res['stream'] = [table(bench_stream, args, bench, d) for d in args.dtype]
     return res
 
 
@@ -293,6 +305,8 @@ def print_tables(res):
     print(f"{res['device']} | {res['shape'][0]}x{res['shape'][1]} | S "
           f"{'-'.join(map(str, res['granularity']))} | rate {res['rate']} | {res['config']}")
     for r in res.get('backbone', []):
+        if 'error' in r:
+            continue
         print(f"backbone {r['dtype']} batch {r['batch']}: "
               + ', '.join(f'{k} {v:.2f}' for k, v in r['ms'].items()) + ' ms')
         print(f"  LAS ({r['las']}) / fastest dense ({r['best_dense']}): {r['ratio']:.3f}; "
@@ -306,11 +320,15 @@ def print_tables(res):
             for row in table['top']:
                 print(f"    {row['ms']:>9.3f} ms {row['calls']:>5}  {row['name'][:70]}")
     for r in res.get('detector', []):
+        if 'error' in r:
+            continue
         print(f"predict() {r['dtype']} batch {r['batch']}: "
               + ', '.join(f'{k} {v:.2f}' for k, v in r['ms'].items())
               + f" ms; LAS / dense {r['ratio']:.3f}"
               + (f" (LAS eager {r['ratio_eager']:.3f})" if 'ratio_eager' in r else ''))
     for r in res.get('stream', []):
+        if 'error' in r:
+            continue
         print(f"stream {r['dtype']} batch 1 (first calls at {r['warm_up_size']}: "
               + ', '.join(f'{k} {v:.0f}' for k, v in r['first_call_ms'].items()) + ' ms)')
         print(f"  {'size':>10}{'cold dense':>12}{'cold LAS':>10}{'ratio':>7}"
