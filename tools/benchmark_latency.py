@@ -293,11 +293,13 @@ def run(args):
         from lasnet_mmdet.benchmark import DetectorBench
         torch.manual_seed(args.seed)
         bench = DetectorBench(cfg, bcfg, args.device)
+        # The stream first: its sizes must be new to both detectors (the --detector tables at
+        # --shape would warm the dense one at that size; LAS graphs go with pinned_masks).
+        if args.stream:
+            res['stream'] = [table(bench_stream, args, bench, d) for d in args.dtype]
         if args.detector:
             res['detector'] = [table(bench_detector, args, bench, d, b)
                                for d in args.dtype for b in args.batch]
-        if args.stream:
-            res['stream'] = [table(bench_stream, args, bench, d) for d in args.dtype]
     return res
 
 
