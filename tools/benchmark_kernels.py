@@ -6,15 +6,20 @@
 For each conv of a LAS-ResNet-101 bottleneck (conv1 / conv2 / conv3 of the first and of a
 regular block of each stage) at the given input size, a random coarse mask at ``rate`` gives
 the row lists (``compact_rows``, as in the sparse forward), then the Triton kernel is timed
-(``triton.testing.do_bench``, median) with the tile ``tile_config`` picks, and the dense
-conv of the same layer on the whole map with cuDNN (channels-last, BN folded into a bias,
-``cudnn.benchmark``). TFLOP/s = 2 x MACs done / time: the sparse kernel's MACs are its rows
+with the tile ``tile_config`` picks, and the dense conv of the same layer on the whole map
+with cuDNN (channels-last, BN folded into a bias, ``cudnn.benchmark``); both as the median of
+CUDA-graph replays (``triton.testing.do_bench_cudagraph``: no launch gaps, as in the graphed
+backbone). TFLOP/s = 2 x MACs done / time: the sparse kernel's MACs are its rows
 x K x N, the dense conv's all pixels x K x N. Per stage: the stage's blocks (3, 4, 23, 3) summed.
 
 ``--tune`` also times every candidate tile (``CANDIDATES``) on every layer and every batch,
 picks per (kernel, N, K) the tile with the smallest geometric mean of time / best time over
 the batches, and prints the table to paste into ``lasnet_mmdet/ops/triton/gemm.py``
-(``HOPPER_16BIT`` for sm_90). CUDA only.
+(``HOPPER_16BIT`` for sm_90; or point ``LASNET_TRITON_TILES`` at the ``--json`` file). It also
+times the previous conv3x3 kernel (nested tap / channel loops) for comparison. CUDA only.
+
+Measured on an H100 (``--tune --batch 1 8 --rep 10``): docs/sparse_ops.md, raw results in
+docs/sparse_ops_results/h100_tune_fp16.json.
 """
 import argparse
 import json
