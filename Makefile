@@ -29,3 +29,13 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest tests
+
+# docs/recipe.md: dense Mask R-CNN R50 on 256 px sample data, then (a) continued dense vs
+# (b) LAS-R50 with the from-dense recipe, 3 seeds; COCO AP, MACs ratio, per-block rates,
+# CPU predict() time. SEEDS/EPOCHS override; seeds already in the work dir are reused.
+RECIPE_DIR := work_dirs/recipe
+SEEDS ?= 0 1 2
+EPOCHS ?= 2
+.PHONY: recipe-experiment
+recipe-experiment: $(INSTALLED)
+	$(BIN)/python tools/recipe_experiment.py --work-dir $(RECIPE_DIR) --seeds $(SEEDS) --epochs $(EPOCHS)
