@@ -16,6 +16,7 @@ import argparse
 import os
 import os.path as osp
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -163,6 +164,11 @@ def setup_environment():
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.fp16 and not torch.cuda.is_available():
+        # mmengine autocasts to bfloat16 on CPU, which mmcv 2.1's CPU NMS rejects ("expected
+        # scalar type Float but found BFloat16" in the RPN head): say so before any work.
+        raise SystemExit('test.py: error: --fp16 needs CUDA (on CPU, mmengine autocasts to '
+                         'bfloat16, which mmcv\'s CPU NMS does not support)')
     setup_environment()
     setup_cache_size_limit_of_dynamo()
 

@@ -6,6 +6,7 @@ import os.path as osp
 
 import mmcv
 import pytest
+import torch
 
 from visualization.las_test_checkpoint import DEMO, las_test_run, load_tool
 
@@ -99,3 +100,11 @@ def test_records_of_several_ranks_come_back_in_dataset_order():
     assert interleave_ranks([[0, 2, 4], [1, 3, 0]], 5) == [0, 1, 2, 3, 4]
     assert interleave_ranks([[0, 1, 2]], 3) == [0, 1, 2]
     assert interleave_ranks([[0, 3], [1], [2]], 4) == [0, 1, 2, 3]  # uneven, unpadded
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU refusal')
+def test_fp16_on_cpu_is_refused_clearly(tmp_path):
+    test_tool = load_tool('test')
+    with pytest.raises(SystemExit, match='--fp16 needs CUDA'):
+        test_tool.main([DEMO, 'x.pth', '--work-dir', str(tmp_path / 'work'), '--fp16'])
+    assert not (tmp_path / 'work').exists()
