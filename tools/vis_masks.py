@@ -87,7 +87,7 @@ def main(argv=None):
     from mmengine.logging import print_log
 
     from lasnet_mmdet.engine.hooks.utils import las_backbone
-    from lasnet_mmdet.visualization import masks_figure, panel_masks
+    from lasnet_mmdet.visualization import draw_detections, masks_figure, panel_masks
     from lasnet_mmdet.visualization.atomic_write import save_image, save_npz
 
     try:
@@ -107,11 +107,9 @@ def main(argv=None):
         masks = {name: (mask[0], stride) for name, (mask, stride)
                  in panel_masks(backbone, panels).items()}
         image = mmcv.imread(path, channel_order='rgb')
-        visualizer.add_datasample('detections', image, data_sample=result, draw_gt=False,
-                                  pred_score_thr=args.score_thr, out_file=None)
         figure, rates = masks_figure(
             image, masks, result.metainfo['img_shape'], result.metainfo['ori_shape'],
-            detections=visualizer.get_image(),
+            detections=draw_detections(visualizer, image, result, args.score_thr),
             detections_title=f'detections (score >= {args.score_thr:g})')
         stem = osp.join(args.out_dir, osp.splitext(osp.basename(path))[0])
         save_image(stem + '.png', figure)

@@ -38,16 +38,18 @@ def mask_to_image(mask, stride, img_shape, ori_shape):
 
 
 def overlay_mask(image, mask, alpha=0.55, cmap='inferno'):
-    """``image`` (RGB uint8, HxWx3) tinted by ``mask`` (HxW in [0, 1]) through ``cmap``.
+    """``image`` (RGB uint8, HxWx3) in grey, tinted by ``mask`` (HxW in [0, 1]) through
+    ``cmap``.
 
-    With 'inferno', skipped pixels turn dark and executed ones bright yellow, so both the
-    decision and the picture under it stay visible.
+    Grey keeps the picture's colours from mixing with the colormap's; with 'inferno' skipped
+    pixels turn dark and executed ones bright yellow, and the shapes stay visible under both.
     """
     from matplotlib import colormaps
     if image.shape[:2] != mask.shape:
         raise ValueError(f'image {image.shape[:2]} and mask {mask.shape} differ in size')
     colors = colormaps[cmap](np.clip(mask, 0, 1))[..., :3] * 255
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colors
+    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    blended = (1 - alpha) * grey[..., None] + alpha * colors
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
