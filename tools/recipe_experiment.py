@@ -27,7 +27,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-import lasnet_mmdet  # noqa: F401  (registers LAS modules)
+import lasnet_mmdet  # registers LAS modules
 from lasnet_mmdet.datasets import make_sample_coco
 
 DENSE_CONFIG = 'configs/demo/mask-rcnn_r50_fpn_sample-256.py'
@@ -191,6 +191,7 @@ def markdown(results, args):
 
 def main():
     args = parse_args()
+    lasnet_mmdet.setup_env()  # safe loading of the Runner's checkpoints (load_from)
     if args.threads:
         torch.set_num_threads(args.threads)
     root = make_sample_coco(f'data/sample_coco_{args.size}', args.train_images,
