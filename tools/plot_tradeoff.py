@@ -40,8 +40,9 @@ def parse_args(argv=None):
     return args
 
 
-def load_metrics(path):
-    """The metrics of one results file; a ``ValueError`` naming the file if it has no AP."""
+def load_results(path):
+    """``(metrics, latency profile name or None)`` of one results file; a ``ValueError``
+    naming the file if it has no COCO AP."""
     if not osp.isfile(path):
         raise ValueError(f'no such results file: {path}')
     try:
@@ -53,7 +54,7 @@ def load_metrics(path):
     if not any(isinstance(metrics.get(key), (int, float)) for key, _ in AP_KEYS):
         raise ValueError(f'{path} has no COCO AP ({" or ".join(k for k, _ in AP_KEYS)}); '
                          f'write results with tools/test.py --las-results OUT.json')
-    return metrics
+    return metrics, data.get('latency_profile')
 
 
 def dense_costs(runs, dense):
@@ -69,8 +70,9 @@ def dense_costs(runs, dense):
             'las/measured_latency_ms': (dense or {}).get('las/measured_latency_ms')}
 
 
-def plot(runs, labels, out, dense=None, title=''):
-    """Write the figure of ``runs`` (metrics dicts) to ``out``."""
+def plot(runs, labels, out, dense=None, title='', profile=None):
+    """Write the figure of ``runs`` (metrics dicts) to ``out``; ``profile`` names the
+    hardware profile of the predicted latencies."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     axes_keys = [(key, name) for key, name in COST_AXES if any(key in m for m in runs)]
@@ -90,9 +92,10 @@ def plot(runs, labels, out, dense=None, title=''):
                 continue
             xs, ys, names = zip(*points)
             ax.plot(xs, ys, 'o-', color=colors[ap_key], label=f'LAS {ap_name}')
-            for x, y, name in points:
-                ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, 4),
-                            fontsize=7)
+            if ap_key == ap_keys[0][0]:  # one label per run
+                for x, y, name in points:
+                    ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, 4),
+                                fontsize=7)
             if dense is not None and ap_key in dense:
                 ax.axhline(dense[ap_key], color=colors[ap_key], linestyle='--', linewidth=1,
                            label=f'dense {ap_name}')
@@ -102,6 +105,8 @@ def plot(runs, labels, out, dense=None, title=''):
         if reference[x_key] is not None:
             ax.axvline(reference[x_key], color='gray', linestyle=':', linewidth=1,
                        label='dense backbone cost')
+        if x_key == 'las/pred_latency_ms' and profile:
+            x_name = f'predicted backbone latency on {profile} (ms)'
         ax.set_xlabel(x_name)
         ax.set_ylabel('COCO AP')
         ax.grid(alpha=0.3)
@@ -126,10 +131,12 @@ def plot(runs, labels, out, dense=None, title=''):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        runs = [load_metrics(path) for path in args.results]
-        dense = load_metrics(args.dense) if args.dense else None
+        runs, profiles = zip(*(load_results(path) for path in args.results))
+        dense = load_results(args.dense)[0] if args.dense else None
         labels = args.labels or [osp.splitext(osp.basename(p))[0] for p in args.results]
-        plot(runs, labels, args.out, dense, args.title)
+        profiles = set(p for p in profiles if p)
+        plot(runs, labels, args.out, dense, args.title,
+             profile=profiles.pop() if len(profiles) == 1 else None)
     except ValueError as error:
         sys.exit(f'plot_tradeoff.py: error: {error}')
     print(f'wrote {args.out}')

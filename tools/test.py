@@ -9,7 +9,8 @@ dense, the spread of the rate across images).
         [--cfg-options k=v ...] [--launcher pytorch]
 
 --las-results writes one JSON per run that tools/plot_tradeoff.py reads:
-``{"config", "checkpoint", "cfg_options", "metrics": {"coco/bbox_mAP": ..., "las/...": ...}}``
+``{"config", "checkpoint", "cfg_options", "latency_profile",
+"metrics": {"coco/bbox_mAP": ..., "las/...": ...}}``
 (every metric the test loop returned: COCO's and the LAS report's).
 """
 import argparse
@@ -148,6 +149,7 @@ def save_results(path, args, metrics):
         return
     save_json(path, dict(config=args.config, checkpoint=args.checkpoint,
                          cfg_options=args.cfg_options and dict(args.cfg_options),
+                         latency_profile=args.latency_profile,
                          metrics={key: value if isinstance(value, str) else float(value)
                                   for key, value in metrics.items()}))
     print_log(f'metrics written to {path}', logger='current')
