@@ -151,16 +151,19 @@ class Layer:
     def sparse(self, tile=None):
         from lasnet_mmdet.ops.triton.gemm import conv3x3_rows, rows_gemm
         lay = self.lay
+        # fp32 as the backbone runs it by default: TF32 products, like cuDNN's convs here.
+        ieee = not torch.backends.cudnn.allow_tf32
         if lay['kernel'] == 'conv3x3':
             return lambda: conv3x3_rows(self.x, self.w, self.b, self.out, self.active,
                                         self.counts[1:], self.max_rows, lay['in_hw'],
-                                        lay['out_hw'], lay['stride'], tile=tile)
+                                        lay['out_hw'], lay['stride'], tile=tile, ieee=ieee)
         if lay['name'] == 'conv3':
             return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.active,
                                      self.counts[1:], self.max_rows, gather_a=False,
-                                     scatter_out=True, res=self.res, tile=tile)
+                                     scatter_out=True, res=self.res, tile=tile, ieee=ieee)
         return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.needed, self.counts[0:],
-                                 self.max_rows, gather_a=True, scatter_out=True, tile=tile)
+                                 self.max_rows, gather_a=True, scatter_out=True, tile=tile,
+                                 ieee=ieee)
 
     def dense(self):
         return lambda: F.conv2d(self.dense_x, self.dense_w, self.b, self.dense_stride,
@@ -248,7 +251,10 @@ def run(args):
                     c = Tile(*cand)
                     if c.block_n > max(64, triton.next_power_of_2(lay['N'])):
                         continue
-                    cands[cand] = bench(L.sparse(c), args.rep)
+                    try:
+                        cands[cand] = bench(L.sparse(c), args.rep)
+                    except triton.runtime.errors.OutOfResources:
+                        continue  # e.g. fp32 tiles too large for shared memory
                 best = min(cands.values())
                 row['candidates'] = {str(list(c)): t for c, t in cands.items()}
                 row['best_tile'] = list(min(cands, key=cands.get))
@@ -282,7 +288,7 @@ def run(args):
             score = {c: math.exp(sum(map(math.log, v)) / len(v)) for c, v in per_tile.items()}
             table[key] = min(score, key=score.get)
         res['table'] = [dict(kernel=k[0], N=k[1], K=k[2], tile=list(t)) for k, t in table.items()]
-        print('HOPPER_16BIT = {')
+        print('HOPPER_32BIT = {' if args.dtype == 'fp32' else 'HOPPER_16BIT = {')
         for (kernel, n, k), t in sorted(table.items()):
             print(f"    ('{kernel}', {n}, {k}): Tile{t},")
         print('}')

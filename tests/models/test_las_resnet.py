@@ -147,14 +147,14 @@ def test_pinned_masks_stay_on_the_device_and_fixed_masks():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), las.pinned_masks(0.5, seed=1):
         las(x)
-        first = las.layer2[0]._last_mask[0]
+        first = las.layer2[0].last_coarse_mask
         las(x)
-        assert las.layer2[0]._last_mask[0] is first  # drawn once per shape, not per forward
+        assert las.layer2[0].last_coarse_mask is first  # drawn once per shape, not per forward
     coarse = torch.zeros(1, 1, 2, 2)
     coarse[0, 0, 0, 1] = 1
     with torch.no_grad(), las.pinned_masks(masks={'layer2.0': coarse}, run_masker=True):
         las(x)
-    assert torch.equal(las.layer2[0]._last_mask[0], coarse)
+    assert torch.equal(las.layer2[0].last_coarse_mask, coarse)
     assert las.las_stats['blocks']['layer2.0']['rate'].item() == 0.25
     with pytest.raises(ValueError, match='layer9.0'):
         with las.pinned_masks(masks={'layer9.0': coarse}):

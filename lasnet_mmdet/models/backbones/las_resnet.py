@@ -90,7 +90,9 @@ class LASBottleneck(Bottleneck):
         # True only while the backbone knows nobody else can hold this block's output (the
         # PyTorch backend may then write it into a reused workspace buffer).
         self.reuse_output = False
-        self._last_mask = None  # (coarse mask, input size) of the last forward
+        # (coarse mask, input size) of the last forward; after a CUDA-graph replay
+        # (flat masks of all blocks, offset, shape, input size), sliced on first use.
+        self._mask_record = None
         self._stats = None
         self.invalidate_cache()
 
@@ -162,7 +164,7 @@ class LASBottleneck(Bottleneck):
         out_h, out_w = conv_out(x.shape[-2], self.stride), conv_out(x.shape[-1], self.stride)
         # Sampled once, outside the checkpointed function: recomputation must not redraw noise.
         coarse = self.masker(x, out_h, out_w, self.tau)
-        self._last_mask, self._stats = (coarse, tuple(x.shape[-2:])), None
+        self._mask_record, self._stats = (coarse, tuple(x.shape[-2:])), None
         return self._run(x, coarse, backend)
 
     def forward_coarse(self, x, coarse):
@@ -220,12 +222,28 @@ class LASBottleneck(Bottleneck):
             conv3=mid * cout * out_h * out_w,
             downsample=cin * cout * out_h * out_w if self.downsample is not None else 0)
 
+    def _recorded_mask(self):
+        """``(coarse mask, input size)`` of the last forward, or None."""
+        record = self._mask_record
+        if record is not None and len(record) == 4:
+            flat, offset, shape, in_hw = record
+            record = (flat[offset:offset + math.prod(shape)].view(shape), in_hw)
+            self._mask_record = record
+        return record
+
+    @property
+    def last_coarse_mask(self):
+        """The coarse mask ``(B, 1, h, w)`` of the last forward (one value per SxS patch)."""
+        record = self._recorded_mask()
+        return None if record is None else record[0]
+
     @property
     def last_mask(self):
         """Executed output pixels of the last forward, ``(B, 1, H_o, W_o)`` float in {0, 1}."""
-        if self._last_mask is None:
+        record = self._recorded_mask()
+        if record is None:
             return None
-        coarse, (in_h, in_w) = self._last_mask
+        coarse, (in_h, in_w) = record
         return upsample_mask(coarse, self.granularity, conv_out(in_h, self.stride),
                              conv_out(in_w, self.stride))
 
@@ -235,8 +253,9 @@ class LASBottleneck(Bottleneck):
         as batch means and per image (``*_per_image``, shape (B,)); float32 whatever the
         model's dtype. Computed on first access: inference pays nothing for bookkeeping
         nobody reads."""
-        if self._stats is None and self._last_mask is not None:
-            coarse, (in_h, in_w) = self._last_mask
+        record = self._recorded_mask()
+        if self._stats is None and record is not None:
+            coarse, (in_h, in_w) = record
             mid_h, mid_w = conv_out(in_h, self.conv1_stride), conv_out(in_w, self.conv1_stride)
             mask = self.last_mask.float()
             with torch.no_grad():
@@ -340,6 +359,7 @@ class LASResNet(ResNet):
         self._graphs = CUDAGraphCache(max_entries=cuda_graph_cache)
         self._pin_epoch = 0  # bumped whenever pinned masks change (graphs hold the masks)
         self._mask_layouts = {}
+        self._hooked = None  # whether hooks saw the blocks at the last eval forward
         self.invalidate_cache()
 
     def make_res_layer(self, **kwargs):
@@ -402,6 +422,7 @@ class LASResNet(ResNet):
         backends, CUDA graphs. Automatic on ``train()``/``eval()``, ``load_state_dict``,
         ``.to()``; call it after editing weights in place in eval mode."""
         self._stem_folded = {}
+        self._backends = {}
         self._graphs.clear()
         for _, block in self.las_blocks():
             block.invalidate_cache()
@@ -449,9 +470,11 @@ class LASResNet(ResNet):
             # mmdet's ResNet, whatever layout the input had.
             return tuple(to_nchw(out) for out in outs)
         hooked = self._hooks_see_blocks()
-        for _, block in self.las_blocks():
-            # Workspace outputs only where no hook can hold a block's output or input.
-            block.reuse_output = not hooked
+        if hooked != self._hooked:
+            for _, block in self.las_blocks():
+                # Workspace outputs only where no hook can hold a block's output or input.
+                block.reuse_output = not hooked
+            self._hooked = hooked
         if self._use_graphs(x, hooked):
             return self._graphed_forward(x)
         with use_workspace(self._workspace):
@@ -474,11 +497,15 @@ class LASResNet(ResNet):
 
     def _stem_backend(self, x):
         """The backend that runs this forward's sparse blocks ('torch' / 'triton'), by the
-        same rule as the blocks (also decides the NCHW conversion and the masker kernel)."""
-        mode = self.sparse_inference
-        backend = resolve_backend(mode, x.device)
-        if backend == 'triton' and self._cast_dtype(x) not in TRITON_DTYPES:
-            backend = 'torch'
+        same rule as the blocks (also decides the NCHW conversion); resolved once per mode,
+        device and dtype."""
+        key = (self.sparse_inference, x.device, self._cast_dtype(x))
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = resolve_backend(self.sparse_inference, x.device)
+            if backend == 'triton' and key[2] not in TRITON_DTYPES:
+                backend = 'torch'
+            self._backends[key] = backend
         return backend
 
     @staticmethod
@@ -494,26 +521,28 @@ class LASResNet(ResNet):
         key = (self.sparse_inference, self._pin_epoch, torch.is_autocast_enabled(device_type),
                self._cast_dtype(x))
         *outs, masks = self._graphs(self._forward_and_masks, x, key=key)
-        # The graph wrote this call's masks into ``masks``: the blocks' records point there.
-        offset = 0
-        for block, shape, in_hw in self._mask_layout(x.shape[0], *x.shape[-2:]):
-            size = math.prod(shape)
-            block._last_mask, block._stats = (masks[offset:offset + size].view(shape), in_hw), None
-            offset += size
+        # The graph wrote this call's masks into ``masks``: the blocks' records point there
+        # (sliced only when read: no per-block tensor work on the hot path).
+        for block, offset, shape, in_hw in self._mask_layout(x.shape[0], *x.shape[-2:]):
+            block._mask_record, block._stats = (masks, offset, shape, in_hw), None
         return tuple(outs)
 
     def _mask_layout(self, batch, in_h, in_w):
-        """``(block, coarse mask shape, block input size)`` in forward order (cached)."""
+        """``(block, offset, coarse mask shape, block input size)`` in forward order, the
+        offsets into the concatenated masks of ``_forward_and_masks`` (cached per shape)."""
         key = (batch, in_h, in_w)
         if key not in self._mask_layouts:
-            self._mask_layouts[key] = [
-                (block, coarse_shape(batch, h, w, block.stride, block.granularity), (h, w))
-                for _, block, (h, w) in self.block_input_sizes(in_h, in_w)]
+            layout, offset = [], 0
+            for _, block, (h, w) in self.block_input_sizes(in_h, in_w):
+                shape = coarse_shape(batch, h, w, block.stride, block.granularity)
+                layout.append((block, offset, shape, (h, w)))
+                offset += math.prod(shape)
+            self._mask_layouts[key] = layout
         return self._mask_layouts[key]
 
     def _forward_and_masks(self, x):
         outs = self._sparse_forward(x)
-        masks = torch.cat([block._last_mask[0].reshape(-1) for _, block in self.las_blocks()])
+        masks = torch.cat([block.last_coarse_mask.reshape(-1) for _, block in self.las_blocks()])
         return (*outs, masks)
 
     def _sparse_forward(self, x):
