@@ -45,15 +45,7 @@ def test_cpu_inputs_run_eagerly():
     assert len(cache) == 0 and cache.stats['eager'] == 1 and cache.stats['captures'] == 0
 
 
-# --- CUDA ------------------------------------------------------------------------------------
-@pytest.fixture
-def no_tf32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
+# --- CUDA (the no_tf32 fixture: tests/ops/conftest.py) ---------------------------------------
 def _assert_equal_outputs(outs, ref):
     assert len(outs) == len(ref)
     for o, r in zip(outs, ref):

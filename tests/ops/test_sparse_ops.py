@@ -41,13 +41,7 @@ CASES = [
 RATES = [0.0, 0.5, 1.0]
 
 
-@pytest.fixture(autouse=True)
-def no_tf32():
-    """fp32 references must be fp32: cuDNN convs default to TF32 on Ampere and later."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+pytestmark = pytest.mark.usefixtures('no_tf32')  # tests/ops/conftest.py
 
 
 def _check(backend, case, rate, dtype=torch.float32, device='cpu', rtol=1e-4):

@@ -25,12 +25,7 @@ DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])  # 
 # the interpreter: numpy has none)
 
 
-@pytest.fixture(autouse=True)
-def no_tf32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+pytestmark = pytest.mark.usefixtures('no_tf32')  # tests/ops/conftest.py
 
 
 def _tol(dtype, ieee):
