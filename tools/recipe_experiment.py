@@ -99,7 +99,12 @@ def build_runner(config, work_dir, name, seed, options):
 
 
 def train_and_test(config, work_dir, name, seed, options):
-    """Train, then COCO-evaluate on the val split; returns (runner, metrics, seconds)."""
+    """Train (or reuse the run's final checkpoint), then COCO-evaluate on the val split;
+    returns (runner, metrics, training seconds or None if reused)."""
+    final = osp.join(work_dir, name, f'epoch_{options["train_cfg.max_epochs"]}.pth')
+    if osp.isfile(final):
+        runner = build_runner(config, work_dir, name, seed, {**options, 'load_from': final})
+        return runner, runner.test(), None
     runner = build_runner(config, work_dir, name, seed, options)
     start = time.perf_counter()
     runner.train()

@@ -17,6 +17,7 @@ import lasnet_mmdet  # noqa: F401
 from conftest import REPO, resize_options, sample_data_options
 
 # (Mask R-CNN's from-dense config: test_from_dense_config_loads_torchvision_layout.)
+# config: (detector, backbone lr_mult); maskers: base lr from dense weights, 10x from scratch.
 FROM_DENSE = {
     'configs/from-dense/faster-rcnn_las-r101-4421_fpn_1x_coco.py': ('two_stage', 0.5),
     'configs/from-dense/retinanet_las-r101-4421_fpn_1x_coco.py': ('single_stage', 0.2),
@@ -66,7 +67,7 @@ def snapshot(config, sample_coco, tmp_path, detector, **overrides):
     return cfg, hook
 
 
-def check_recipe(cfg, hook, backbone_lr_mult):
+def check_recipe(cfg, hook, backbone_lr_mult, masker_lr_mult=1.0):
     masker_cfg = cfg.model.backbone.masker_cfg
     expected = torch.tensor([masker_cfg['execute_bias'], masker_cfg['skip_bias']])
     assert hook.biases, 'no LAS blocks'
@@ -77,7 +78,7 @@ def check_recipe(cfg, hook, backbone_lr_mult):
     maskers = [n for n in hook.groups if '.masker.conv2.' in n]
     assert maskers and all(n.startswith('backbone.layer') for n in maskers)
     for name in maskers:
-        assert hook.groups[name] == (pytest.approx(base_lr * 10), 0.0), name
+        assert hook.groups[name] == (pytest.approx(base_lr * masker_lr_mult), 0.0), name
     conv = hook.groups['backbone.layer2.0.conv2.weight']
     assert conv == (pytest.approx(base_lr * backbone_lr_mult),
                     pytest.approx(base_wd * (0.9 if backbone_lr_mult != 1 else 1)))
@@ -97,7 +98,7 @@ def test_from_dense_config_sets_masker_bias_and_lr(config, sample_coco, tmp_path
 def test_demo_config_sets_masker_bias_and_lr(sample_coco, tmp_path):
     cfg, hook = snapshot('configs/demo/mask-rcnn_las-r50-4421_fpn_sample.py', sample_coco,
                          tmp_path, 'mask')
-    check_recipe(cfg, hook, backbone_lr_mult=1)
+    check_recipe(cfg, hook, backbone_lr_mult=1, masker_lr_mult=10.0)
 
 
 def test_from_dense_config_loads_torchvision_layout(sample_coco, tmp_path):
