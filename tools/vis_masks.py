@@ -4,7 +4,7 @@ mmdet's DetLocalVisualizer; each panel's title gives its activation rate.
 
     python tools/vis_masks.py CONFIG CHECKPOINT IMAGE_OR_DIR --out-dir DIR
         [--stages layer1 ...] [--blocks layer3.0 ...] [--device cpu|cuda]
-        [--score-thr 0.3] [--save-masks] [--cfg-options k=v ...]
+        [--score-thr 0.3] [--panel-height PX] [--save-masks] [--cfg-options k=v ...]
 
 Writes ``DIR/<image name>.png`` per image, and with ``--save-masks`` ``DIR/<image name>.npz``:
 one ``(h, w)`` array per panel at the block's output resolution over the padded input (the
@@ -34,6 +34,9 @@ def parse_args(argv=None):
                         help='cpu, cuda or cuda:N (default: cuda:0 if available, else cpu)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='score threshold of the drawn detections')
+    parser.add_argument('--panel-height', type=int, default=None,
+                        help='height of each panel in pixels (default: the image height, '
+                        'kept within 256..512)')
     parser.add_argument('--save-masks', action='store_true',
                         help='also save the mask arrays of each image (.npz)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -41,6 +44,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not 0 <= args.score_thr <= 1:
         parser.error(f'--score-thr must be in [0, 1], got {args.score_thr}')
+    if args.panel_height is not None and not 32 <= args.panel_height <= 4096:
+        parser.error(f'--panel-height must be in 32..4096 pixels, got {args.panel_height}')
     return args
 
 
@@ -110,7 +115,8 @@ def main(argv=None):
         figure, rates = masks_figure(
             image, masks, result.metainfo['img_shape'], result.metainfo['ori_shape'],
             detections=draw_detections(visualizer, image, result, args.score_thr),
-            detections_title=f'detections (score >= {args.score_thr:g})')
+            detections_title=f'detections (score >= {args.score_thr:g})',
+            height=args.panel_height)
         stem = osp.join(args.out_dir, osp.splitext(osp.basename(path))[0])
         save_image(stem + '.png', figure)
         if args.save_masks:

@@ -94,7 +94,7 @@ def panel_figure(panels, titles, height=256, dpi=100, cmap='inferno'):
 
 
 def masks_figure(image, masks, img_shape, ori_shape, detections=None,
-                 detections_title='detections', alpha=0.55, cmap='inferno'):
+                 detections_title='detections', alpha=0.55, cmap='inferno', height=None):
     """One picture per image: the detections (if given), then one overlay per mask.
 
     Args:
@@ -103,6 +103,8 @@ def masks_figure(image, masks, img_shape, ori_shape, detections=None,
             a mean over blocks shows values between 0 and 1.
         img_shape, ori_shape: From the image's data sample (mmdet's metainfo).
         detections (np.ndarray, optional): The picture mmdet's visualizer drew.
+        height (int, optional): Panel height in pixels (default: the image's, kept
+            within 256..512).
     Returns:
         ``(figure RGB uint8 array, {panel name: rate})``; a panel's rate is its mask's mean
         over the padded input, as the backbone counts it (``las_stats``' ``rate_per_image``).
@@ -116,5 +118,5 @@ def masks_figure(image, masks, img_shape, ori_shape, detections=None,
         on_image = mask_to_image(mask, stride, img_shape, ori_shape)
         panels.append(overlay_mask(image, on_image, alpha, cmap))
         titles.append(f'{name}: rate {rates[name]:.2f}')
-    height = int(min(max(image.shape[0], 256), 512))
+    height = height or int(min(max(image.shape[0], 256), 512))
     return panel_figure(panels, titles, height=height, cmap=cmap), rates
