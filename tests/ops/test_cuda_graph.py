@@ -45,7 +45,7 @@ def test_cpu_inputs_run_eagerly():
     assert len(cache) == 0 and cache.stats['eager'] == 1 and cache.stats['captures'] == 0
 
 
-# --- CUDA (the no_tf32 fixture: tests/ops/conftest.py) ---------------------------------------
+# --- CUDA (the no_tf32 fixture: tests/conftest.py) -------------------------------------------
 def _assert_equal_outputs(outs, ref):
     assert len(outs) == len(ref)
     for o, r in zip(outs, ref):

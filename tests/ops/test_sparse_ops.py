@@ -41,7 +41,7 @@ CASES = [
 RATES = [0.0, 0.5, 1.0]
 
 
-pytestmark = pytest.mark.usefixtures('no_tf32')  # tests/ops/conftest.py
+pytestmark = pytest.mark.usefixtures('no_tf32')  # tests/conftest.py
 
 
 def _check(backend, case, rate, dtype=torch.float32, device='cpu', rtol=1e-4):

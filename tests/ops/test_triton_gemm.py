@@ -25,7 +25,7 @@ DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])  # 
 # the interpreter: numpy has none)
 
 
-pytestmark = pytest.mark.usefixtures('no_tf32')  # tests/ops/conftest.py
+pytestmark = pytest.mark.usefixtures('no_tf32')  # tests/conftest.py
 
 
 def _tol(dtype, ieee):
