@@ -44,7 +44,9 @@ class LASReportHook(Hook):
             the static backbone's (``las/pred_latency_ms``, ``las/pred_latency_ratio``).
         schedule (str, optional): Sparse schedule for the prediction (default: the profile's).
         measure (bool): Also time every backbone forward (synchronised wall clock) and report
-            the mean per image (``las/measured_latency_ms``).
+            the mean per image (``las/measured_latency_ms``), leaving out each rank's first
+            batch (one-time warm-up: allocation, folding, kernel selection) when there are
+            others; its records are marked ``"warmup": true``.
         per_image_out (str, optional): Write every image's record (``img_id``, ``img_path``,
             ``act_rate``, ``block_rates``, ``gmacs_dynamic``, ``gmacs_dense``, ``macs_ratio``
             and the latencies asked for) and the means to this JSON file.
@@ -69,6 +71,7 @@ class LASReportHook(Hook):
         self._backbone = las_backbone(runner.model, type(self).__name__)
         self._records = []
         self._batch_ms = 0.0
+        self._first_batch = True
         if self.measure and not self._timers:
             self._timers = [self._backbone.register_forward_pre_hook(self._start_timer),
                             self._backbone.register_forward_hook(self._stop_timer)]
@@ -125,7 +128,9 @@ class LASReportHook(Hook):
                     self._predicted_latency_ms(block_rates)
             if self.measure:  # the batch's time, shared among its images
                 record['measured_latency_ms'] = self._batch_ms / len(samples)
+                record['warmup'] = self._first_batch
             self._records.append(record)
+        self._first_batch = False
 
     def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self._accumulate(data_batch, outputs)
@@ -183,9 +188,10 @@ class LASReportHook(Hook):
             metrics.update({'las/pred_latency_ms': pred,
                             'las/pred_latency_ratio': pred / max(static, 1e-12)})
         if self.measure:
-            measured = mean('measured_latency_ms')
-            lines.append(f'measured backbone latency per image: {measured:.2f} ms '
-                         f'(mean over the batches of this run, batch size included)')
+            timed = [r for r in records if not r['warmup']] or records
+            measured = sum(r['measured_latency_ms'] for r in timed) / max(len(timed), 1)
+            lines.append(f'measured backbone latency per image: {measured:.2f} ms (mean over '
+                         f'{len(timed)} images after a warm-up batch, batch size included)')
             metrics['las/measured_latency_ms'] = measured
         return lines, metrics
 
