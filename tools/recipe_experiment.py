@@ -1,7 +1,7 @@
 """From dense weights to a LAS detector, in small: the experiment behind docs/recipe.md.
 
     python tools/recipe_experiment.py [--work-dir work_dirs/recipe] [--size 256]
-        [--dense-epochs 12] [--epochs 2] [--seeds 0 1 2] [--threads 2]
+        [--dense-epochs 12] [--epochs 2] [--seeds 0 1 2] [--threads 2] [--masker-lr-mult X]
 
 1. generates the sample set at ``--size`` px (``data/sample_coco_<size>``);
 2. trains the dense Mask R-CNN R50 (``configs/demo/mask-rcnn_r50_fpn_sample-256.py``) from
@@ -46,6 +46,8 @@ def parse_args():
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2],
                         help='seeds of (a) and (b); none: only train/evaluate the dense model')
     parser.add_argument('--repeats', type=int, default=5, help='predict() calls timed per model')
+    parser.add_argument('--masker-lr-mult', type=float, default=None,
+                        help="(b)'s masker lr multiplier (default: the config's)")
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     args = parser.parse_args()
     for name in ('size', 'train_images', 'val_images', 'dense_epochs', 'epochs', 'repeats'):
@@ -227,8 +229,12 @@ def main():
         run = dict(seed=seed, epochs=args.epochs)
         runners = {}
         for key, config in (('dense', DENSE_CONFIG), ('las', LAS_CONFIG)):
+            run_options = dict(options)
+            if key == 'las' and args.masker_lr_mult is not None:
+                run_options['optim_wrapper.paramwise_cfg.custom_keys'] = {
+                    'masker.conv2': dict(lr_mult=args.masker_lr_mult, decay_mult=0.0)}
             runner, metrics, seconds = train_and_test(
-                config, args.work_dir, f'{key}_seed{seed}', seed, options)
+                config, args.work_dir, f'{key}_seed{seed}', seed, run_options)
             run[key] = dict(bbox_mAP=metrics['coco/bbox_mAP'],
                             segm_mAP=metrics['coco/segm_mAP'], train_s=seconds)
             if key == 'las':
