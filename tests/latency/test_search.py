@@ -28,6 +28,8 @@ def test_search_validates_arguments():
         search_granularity('v100', 224, 224, rate=1.5)
     with pytest.raises(ValueError, match='candidates'):
         search_granularity('v100', 224, 224, candidates=(0, 2))
+    with pytest.raises(ValueError, match='input size must be >= 1x1, got 0x0'):
+        search_granularity('v100', 0, 0)
 
 
 def test_tool_prints_table_and_snippet(tmp_path):
@@ -50,3 +52,9 @@ def test_tool_errors_are_clear(tmp_path):
     proc = subprocess.run([sys.executable, 'tools/search_granularity.py', '--profile', str(bad)],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and 'corrupt' in proc.stderr
+    for args, message in ((['--shape', '0', '0'], '--shape must be two sizes >= 1, got 0 0'),
+                          (['--batch', '0'], '--batch must be >= 1, got 0'),
+                          (['--json', str(tmp_path / 'missing' / 'x.json')], 'does not exist')):
+        proc = subprocess.run([sys.executable, 'tools/search_granularity.py', *args],
+                              cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
