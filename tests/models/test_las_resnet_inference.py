@@ -108,3 +108,15 @@ def test_cpu_autocast_follows_bf16():
     for o, r in zip(outs, ref):
         assert o.dtype == torch.bfloat16
         assert_close_to_scale(o, r, 5e-2)
+
+
+def test_eval_with_autograd_keeps_gradients():
+    """Eval mode with autograd recording (e.g. saliency): dense-masked everywhere, so every
+    weight, the stem's included, gets its gradient; an explicit sparse backend refuses."""
+    backbone = make_backbone(sparse_inference='auto')
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    sum(o.sum() for o in backbone(x)).backward()
+    assert backbone.conv1.weight.grad is not None and x.grad is not None
+    backbone.sparse_inference = 'torch'
+    with pytest.raises(ValueError, match='torch.no_grad'):
+        backbone(x)

@@ -464,7 +464,9 @@ class LASResNet(ResNet):
                       logger='current', level=30)
             self._warned_no_cost_loss = True
         self.input_size = tuple(x.shape[-2:])
-        if self.training or self.sparse_inference == 'off':
+        if self.training or self.sparse_inference == 'off' or self._records_grad():
+            # (with autograd recording, the blocks run dense-masked, or refuse an explicit
+            # sparse backend: sparse execution is for inference)
             outs = super().forward(x)
             # Necks and heads (mmcv's CPU RoIAlign reads raw NCHW memory) get NCHW, as from
             # mmdet's ResNet, whatever layout the input had.
@@ -488,11 +490,12 @@ class LASResNet(ResNet):
         modules += [block for _, block in self.las_blocks()]
         return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
+    def _records_grad(self):
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+
     def _use_graphs(self, x, hooked):
         return (self.cuda_graph and x.is_cuda and not hooked
                 and not torch.cuda.is_current_stream_capturing()
-                and not (torch.is_grad_enabled() and any(p.requires_grad
-                                                         for p in self.parameters()))
                 and self._stem_backend(x) == 'triton')
 
     def _stem_backend(self, x):
