@@ -111,9 +111,11 @@ class LASReportHook(Hook):
         from the predicted data samples, or the batch's own)."""
         with torch.no_grad():
             stats = self._backbone.las_stats
-            rates = {name: block['rate_per_image'].detach().double().cpu().tolist()
-                     for name, block in stats['blocks'].items()}
-            dynamic = stats['macs_dynamic_per_image'].detach().double().cpu().tolist()
+            names = list(stats['blocks'])
+            # One device-to-host copy per batch, not one per block.
+            table = torch.stack([stats['blocks'][name]['rate_per_image'] for name in names]
+                                + [stats['macs_dynamic_per_image']]).double().cpu().tolist()
+            rates, dynamic = dict(zip(names, table[:-1])), table[-1]
         dense = float(stats['macs_dense'])
         samples = outputs or data_batch.get('data_samples') or [None] * len(dynamic)
         for i, sample in enumerate(samples):
