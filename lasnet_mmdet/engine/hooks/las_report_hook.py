@@ -153,7 +153,9 @@ class LASReportHook(Hook):
         block_rates = defaultdict(float)
         for record in records:
             for name, rate in record['block_rates'].items():
-                block_rates[name] += rate / n
+                block_rates[name] += rate
+        # sum first, divide once: the mean of equal rates prints as that rate
+        block_rates = {name: total / n for name, total in block_rates.items()}
         stages = defaultdict(list)
         for name, rate in block_rates.items():
             stages[name.split('.')[0]].append(rate)
