@@ -4,10 +4,13 @@
         --device cpu --json work_dirs/latency_eval_cpu.json
 
 Per block: one regular block of each ResNet-101 stage at the given input size, its sparse path
-(``lasnet_mmdet.ops``) timed at pinned masks over S x r; whole backbone: mmdet's dense ResNet
-and LASResNet (sparse inference, pinned masks). Prints a table and writes JSON with ``mape``
-(mean absolute percentage error over blocks), ``spearman`` (rank correlation of predicted and
-measured block latencies) and ``backbone_error`` (relative error on the whole LAS backbone).
+(``lasnet_mmdet.ops``) timed at pinned masks over S x r; whole backbone: mmdet's dense ResNet,
+the deployed dense ResNet (channels-last, BN folded: the static reference of
+``LatencyLossHook(cost='latency')``) and LASResNet (sparse inference, pinned masks). Prints a
+table and writes JSON with ``mape`` (mean absolute percentage error over blocks), ``spearman``
+(rank correlation of predicted and measured block latencies), ``backbone_error`` (relative
+error on the whole LAS backbone), ``static_backbone_error`` (mmdet's dense ResNet) and
+``deployed_backbone_error`` (the deployed dense one).
 """
 import argparse
 import json
@@ -16,6 +19,7 @@ import time
 
 import torch
 
+from lasnet_mmdet.benchmark.dense import fold_resnet
 from lasnet_mmdet.latency import measure
 from lasnet_mmdet.latency.hardware import ProfileError, load_profile
 from lasnet_mmdet.latency.measure import (make_backbones, make_block, measure_backbone,
@@ -166,12 +170,17 @@ def main(argv=None):
             b = saved['backbone']
             g, r = tuple(b['granularity']), b['rate']
             m_static, m_las = b['static_measured_ms'] / 1e3, b['measured_ms'] / 1e3
+            m_deployed = b.get('deployed_measured_ms', 0) / 1e3  # 0: older files lack it
         else:
             dense, las = make_backbones(101, g, device, dtype, args.backend)
             m_static = measure_backbone(dense, *args.shape, None, 1, device, dtype)
+            m_deployed = measure_backbone(fold_resnet(dense), *args.shape, None, 1, device,
+                                          dtype, channels_last=True)
             del dense
             m_las = measure_backbone(las, *args.shape, r, 1, device, dtype)
         p_static = predict_backbone(profile, *args.shape, None, dtype=dtype)['total']
+        p_deployed = predict_backbone(profile, *args.shape, None, dtype=dtype,
+                                      deployed=True)['total']
         p_las = predict_backbone(profile, *args.shape, g, r, schedule=schedule,
                                  dtype=dtype)['total']
         result.update(backbone=dict(granularity=list(g), rate=r,
@@ -180,8 +189,15 @@ def main(argv=None):
                                     static_predicted_ms=p_static * 1e3),
                       backbone_error=abs(p_las / m_las - 1),
                       static_backbone_error=abs(p_static / m_static - 1))
-        print(f'backbone static : measured {m_static * 1e3:.2f} ms, predicted '
-              f'{p_static * 1e3:.2f} ms ({100 * (p_static / m_static - 1):+.1f}%)')
+        checks = [('static (mmdet)', m_static, p_static)]
+        if m_deployed:
+            result['backbone'].update(deployed_measured_ms=m_deployed * 1e3,
+                                      deployed_predicted_ms=p_deployed * 1e3)
+            result['deployed_backbone_error'] = abs(p_deployed / m_deployed - 1)
+            checks.append(('deployed dense', m_deployed, p_deployed))
+        for name, m, p in checks:
+            print(f'backbone {name}: measured {m * 1e3:.2f} ms, predicted '
+                  f'{p * 1e3:.2f} ms ({100 * (p / m - 1):+.1f}%)')
         print(f'backbone LAS {"-".join(map(str, g))} r={r}: measured {m_las * 1e3:.2f} ms, '
               f'predicted {p_las * 1e3:.2f} ms ({100 * (p_las / m_las - 1):+.1f}%)')
     if args.benchmark_json:
@@ -189,7 +205,8 @@ def main(argv=None):
                                 for path in args.benchmark_json]
     result['seconds'] = time.perf_counter() - t0
     summary = {k: result[k] for k in ('mape', 'spearman', 'backbone_error',
-                                      'static_backbone_error') if k in result}
+                                      'static_backbone_error', 'deployed_backbone_error')
+               if k in result}
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, 'w') as f:

@@ -2,6 +2,7 @@
 
     python tools/recipe_experiment.py [--work-dir work_dirs/recipe] [--size 256]
         [--dense-epochs 12] [--epochs 2] [--seeds 0 1 2] [--threads 2] [--masker-lr-mult X]
+        [--las-cfg-options KEY=VALUE ...]
 
 1. generates the sample set at ``--size`` px (``data/sample_coco_<size>``);
 2. trains the dense Mask R-CNN R50 (``configs/demo/mask-rcnn_r50_fpn_sample-256.py``) from
@@ -24,7 +25,7 @@ import time
 from collections import defaultdict
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import lasnet_mmdet  # registers LAS modules
@@ -49,6 +50,10 @@ def parse_args():
     parser.add_argument('--masker-lr-mult', type=float, default=None,
                         help="(b)'s masker lr multiplier (default: the config's)")
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument(
+        '--las-cfg-options', nargs='+', action=DictAction, default={},
+        help="override settings of (b)'s config, as tools/train.py's --cfg-options, e.g. "
+        'custom_hooks.0.bounds.relax=2.0')
     args = parser.parse_args()
     for name in ('size', 'train_images', 'val_images', 'dense_epochs', 'epochs', 'repeats'):
         if getattr(args, name) < 1:
@@ -233,6 +238,8 @@ def main():
             if key == 'las' and args.masker_lr_mult is not None:
                 run_options['optim_wrapper.paramwise_cfg.custom_keys'] = {
                     'masker.conv2': dict(lr_mult=args.masker_lr_mult, decay_mult=0.0)}
+            if key == 'las':
+                run_options.update(args.las_cfg_options)
             runner, metrics, seconds = train_and_test(
                 config, args.work_dir, f'{key}_seed{seed}', seed, run_options)
             run[key] = dict(bbox_mAP=metrics['coco/bbox_mAP'],

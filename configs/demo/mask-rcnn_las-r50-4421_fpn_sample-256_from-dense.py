@@ -1,7 +1,7 @@
 # LAS-R50 (S = 4-4-2-1) Mask R-CNN started from the dense Mask R-CNN R50 of
 # ./mask-rcnn_r50_fpn_sample-256.py (set load_from to its checkpoint), with the from-dense
-# recipe (docs/recipe.md): maskers that start near the decision boundary and learn 10x
-# faster, LASNet's per-block bounds, a Gumbel temperature that anneals.
+# recipe (docs/recipe.md): maskers that start near the decision boundary, LASNet's per-block
+# bounds, a Gumbel temperature and noise that anneal.
 # tools/recipe_experiment.py runs it for a few epochs and compares it with the dense model.
 _base_ = './mask-rcnn_r50_fpn_sample-256.py'
 
@@ -35,9 +35,12 @@ optim_wrapper = dict(paramwise_cfg=dict(
     custom_keys={'masker.conv2': dict(lr_mult=1.0, decay_mult=0.0)}))
 
 custom_hooks = [
-    # A fine-tune of a few dozen iterations: the bounds open over the whole run (LASNet's
-    # relax=0.33 is a third of 100 ImageNet epochs), so no block gives up early.
+    # A fine-tune of a few dozen iterations. The bounds open over twice the run (LASNet's
+    # relax=0.33 is a third of 100 ImageNet epochs), so at the end every block still has
+    # to run on at least t/2 of its patches: no block gives up. The Gumbel noise goes to 0,
+    # so the last iterations train on the eval decisions and the cost the loss reaches is
+    # the deployed one (with full noise, eval ran 0.04-0.09 below the training ratio).
     dict(type='LatencyLossHook', target=target, weight=1.0, tau=1.0, tau_end=0.1,
-         bounds=dict(relax=1.0, weight=10.0)),
+         gumbel_noise_end=0.0, bounds=dict(relax=2.0, weight=10.0)),
     dict(type='LASReportHook', per_block=True),
 ]

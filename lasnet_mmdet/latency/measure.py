@@ -162,9 +162,12 @@ def make_backbones(depth=101, granularity=(4, 4, 2, 1), device='cpu', dtype='fp3
 
 @torch.no_grad()
 def measure_backbone(model, in_h, in_w, rate=None, batch=1, device='cpu', dtype='fp32',
-                     warmup=1, repeats=3):
-    """Median seconds of a backbone forward; a LASResNet runs at fixed masks of ``rate``."""
+                     warmup=1, repeats=3, channels_last=False):
+    """Median seconds of a backbone forward; a LASResNet runs at fixed masks of ``rate``.
+    ``channels_last``: the input in that layout (a channels-last deployed dense network)."""
     x = torch.randn(batch, 3, in_h, in_w, device=device, dtype=TORCH_DTYPES[dtype])
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     if rate is None:
         return time_fn(lambda: model(x), device, warmup, repeats)
     with model.pinned_masks(rate):  # drawn once, kept on the device

@@ -93,6 +93,7 @@ def test_from_dense_config_sets_masker_bias_and_lr(config, sample_coco, tmp_path
     assert cfg.model.backbone.depth == 101 and cfg.model.backbone.granularity == (4, 4, 2, 1)
     latency = [h for h in cfg.custom_hooks if h['type'] == 'LatencyLossHook'][0]
     assert latency['bounds']['weight'] > 0 and latency['tau_end'] < latency['tau']
+    assert latency['gumbel_noise_end'] == 0  # trains on the eval decisions at the end
 
 
 def test_demo_config_sets_masker_bias_and_lr(sample_coco, tmp_path):

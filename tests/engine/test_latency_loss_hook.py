@@ -68,6 +68,19 @@ def test_exponential_temperature_schedule(sample_coco, tmp_path):
     assert hook.tau_at(0.5) == pytest.approx(math.sqrt(2.0 * 0.05))
 
 
+def test_linear_gumbel_noise_schedule(sample_coco, tmp_path):
+    runner = build_runner('configs/lasnet_r101_fpn.py', sample_coco, tmp_path, 'two_stage',
+                          custom_hooks=[dict(type='LatencyLossHook', gumbel_noise_end=0.0)])
+    assert runner.model.backbone.gumbel_noise == 1.0
+    runner.train()  # 4 iterations: the noise goes 1 -> 0 linearly
+    backbone = runner.model.backbone
+    assert backbone.gumbel_noise == 0.0
+    assert all(block.gumbel_noise == 0.0 for _, block in backbone.las_blocks())
+    hook = LatencyLossHook(gumbel_noise=0.8, gumbel_noise_end=0.2)
+    assert [hook.gumbel_noise_at(p) for p in (0, 0.5, 1)] == pytest.approx([0.8, 0.5, 0.2])
+    assert LatencyLossHook().gumbel_noise_at(0.5) is None  # leaves the backbone's own
+
+
 def test_hook_without_las_backbone_fails(sample_coco, tmp_path):
     runner = build_runner('configs/lasnet_r101_fpn.py', sample_coco, tmp_path, 'two_stage',
                           **{'model.backbone': dict(_delete_=True, type='ResNet', depth=18,
@@ -94,6 +107,8 @@ def test_las_backbone_without_hook_trains_and_warns_once(sample_coco, tmp_path):
     (dict(weight=True), 'weight .*True'), (dict(tau=math.inf), 'tau .*inf'),
     (dict(weight=math.inf), 'weight .*inf'), (dict(tau_end=math.inf), 'tau_end .*inf'),
     (dict(target=math.nan), 'target .*nan'),
+    (dict(gumbel_noise=-1), 'gumbel_noise .*-1'), (dict(gumbel_noise_end=math.inf),
+                                                   'gumbel_noise_end .*inf'),
 ])
 def test_bad_hook_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

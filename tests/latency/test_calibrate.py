@@ -54,8 +54,9 @@ def test_calibrate_and_eval_tools(tmp_path):
         cwd=REPO, check=True, capture_output=True, text=True)
     data = json.loads(res.read_text())
     assert len(data['blocks']) == 8
-    for key in ('mape', 'spearman', 'backbone_error'):
+    for key in ('mape', 'spearman', 'backbone_error', 'deployed_backbone_error'):
         assert key in data and key in proc.stdout
+    assert data['backbone']['deployed_measured_ms'] > 0
 
 
 def test_eval_tool_reuses_measurements_and_compares_benchmarks(tmp_path):

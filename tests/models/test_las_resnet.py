@@ -277,6 +277,7 @@ def test_frozen_stage_maskers_threshold_in_training():
     (dict(depth=50, tau=0), 'tau'),
     (dict(depth=50, tau='0.1'), "tau must be a finite number, got '0.1'"),
     (dict(depth=50, tau=float('inf')), 'tau must be a finite number, got inf'),
+    (dict(depth=50, gumbel_noise=-0.5), 'gumbel_noise must be >= 0, got -0.5'),
     (dict(depth=50, granularity=2.5), 'granularity values must be integers >= 1, got'),
     (dict(depth=50, granularity='4'), "granularity must be an integer S or one S per stage"),
     (dict(depth=50, cuda_graph='yes'), 'cuda_graph'),

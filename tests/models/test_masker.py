@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lasnet_mmdet.models.layers.masker import Masker, dilate_mask, upsample_mask
+from lasnet_mmdet.models.layers.masker import (Masker, dilate_mask, gumbel_execute,
+                                               upsample_mask)
 
 
 def test_eval_threshold_ties_execute():
@@ -38,6 +39,25 @@ def test_training_straight_through_gradient_reaches_masker():
     assert masker.conv2.weight.grad is not None
     assert masker.conv2.weight.grad.abs().sum() > 0
     assert masker.conv2.bias.grad.abs().sum() > 0
+
+
+def test_gumbel_noise_scale_moves_training_masks_to_the_eval_decision():
+    torch.manual_seed(0)
+    # execute logit - skip logit = -1 in every cell: eval skips them all
+    logits = torch.stack([torch.full((4, 64, 64), -1.0), torch.zeros(4, 64, 64)], 1)
+    rates = {noise: gumbel_execute(logits, tau=0.5, noise=noise).mean().item()
+             for noise in (1.0, 0.5, 0.0)}
+    assert rates[1.0] == pytest.approx(torch.sigmoid(torch.tensor(-1.0)).item(), abs=0.01)
+    assert 0 < rates[0.5] < rates[1.0]  # less noise, fewer cells cross the boundary
+    assert rates[0.0] == 0.0  # no noise: exactly the eval decision (ties execute)
+    ties = gumbel_execute(torch.zeros(1, 2, 3, 3), tau=0.5, noise=0.0)
+    assert ties.eq(1).all()
+    # the straight-through gradient is the tempered softmax's, noise or not
+    logits = logits[:1, :, :2, :2].clone().requires_grad_()
+    gumbel_execute(logits, tau=0.5, noise=0.0).sum().backward()
+    soft = torch.sigmoid(torch.tensor(-1.0 / 0.5))
+    assert logits.grad[:, 0].allclose(soft * (1 - soft) / 0.5)
+    assert logits.grad[:, 1].allclose(-soft * (1 - soft) / 0.5)
 
 
 def test_init_bias_execute_five_skip_zero():

@@ -105,6 +105,13 @@ class LatencyLossHook(Hook):
         tau (float): Gumbel temperature; constant unless ``tau_end`` is given.
         tau_end (float, optional): If given, tau decays exponentially from ``tau`` at the first
             iteration to ``tau_end`` at the last one (LASNet on ImageNet: 5.0 -> 0.1).
+        gumbel_noise (float, optional): Scale of the Gumbel noise of the training masks
+            (``LASResNet.gumbel_noise``; 1 is LASNet's sampling). None leaves the backbone's.
+        gumbel_noise_end (float, optional): If given, the noise scale goes linearly from
+            ``gumbel_noise`` (default 1) at the first iteration to this at the last one. With
+            0, the masks of the last iterations are the eval decisions, so the cost the loss
+            reaches in training is the cost of the deployed network (with full noise, cells
+            whose logits sit near the boundary execute in training but not in eval).
         cost (str): What the ratio measures: 'macs' (backbone multiply-accumulates) or
             'latency' (predicted backbone latency on ``profile`` over the static backbone's,
             piecewise linear in each block's rate at the training input size; logged as
@@ -125,12 +132,19 @@ class LatencyLossHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self, target=0.5, weight=1.0, tau=0.1, tau_end=None, cost='macs',
-                 profile=None, schedule=None, bounds=None):
+                 profile=None, schedule=None, bounds=None, gumbel_noise=None,
+                 gumbel_noise_end=None):
         self.target = _number('target', target, low=0, low_open=True, high=1)
         self.weight = _number('weight', weight, low=0)
         self.tau = _number('tau', tau, low=0, low_open=True)
         self.tau_end = None if tau_end is None else _number('tau_end', tau_end, low=0,
                                                             low_open=True)
+        if gumbel_noise is None and gumbel_noise_end is not None:
+            gumbel_noise = 1.0
+        self.gumbel_noise = None if gumbel_noise is None else _number(
+            'gumbel_noise', gumbel_noise, low=0)
+        self.gumbel_noise_end = None if gumbel_noise_end is None else _number(
+            'gumbel_noise_end', gumbel_noise_end, low=0)
         if cost not in COSTS:
             raise ValueError(f'cost must be one of {COSTS}, got {cost!r}')
         self._latency = None
@@ -151,6 +165,12 @@ class LatencyLossHook(Hook):
         if self.tau_end is None:
             return self.tau
         return self.tau * math.exp(progress * math.log(self.tau_end / self.tau))
+
+    def gumbel_noise_at(self, progress):
+        """Gumbel noise scale at ``progress`` in [0, 1] of the run (None: the backbone's)."""
+        if self.gumbel_noise_end is None:
+            return self.gumbel_noise
+        return self.gumbel_noise + progress * (self.gumbel_noise_end - self.gumbel_noise)
 
     def bounds_at(self, progress):
         """Per-block rate bounds ``(lower, upper)`` at ``progress`` in [0, 1] of the run."""
@@ -182,6 +202,9 @@ class LatencyLossHook(Hook):
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         progress = runner.iter / max(runner.max_iters - 1, 1)
         self._backbone.tau = self.tau_at(min(progress, 1.0))
+        noise = self.gumbel_noise_at(min(progress, 1.0))
+        if noise is not None:
+            self._backbone.gumbel_noise = noise
         if self.bounds is not None:
             if self.bounds['by_epoch']:
                 progress = runner.epoch / runner.max_epochs

@@ -86,6 +86,7 @@ class LASBottleneck(Bottleneck):
             raise ValueError(f'LASBottleneck supports dilation 1 only, got {self.dilation}')
         self.masker = Masker(inplanes, granularity, stride=self.stride, **(masker_cfg or {}))
         self.tau = 1.0
+        self.gumbel_noise = 1.0
         self.sparse_inference = 'off'
         # True only while the backbone knows nobody else can hold this block's output (the
         # PyTorch backend may then write it into a reused workspace buffer).
@@ -163,7 +164,7 @@ class LASBottleneck(Bottleneck):
         backend = self.sparse_backend(x)
         out_h, out_w = conv_out(x.shape[-2], self.stride), conv_out(x.shape[-1], self.stride)
         # Sampled once, outside the checkpointed function: recomputation must not redraw noise.
-        coarse = self.masker(x, out_h, out_w, self.tau)
+        coarse = self.masker(x, out_h, out_w, self.tau, self.gumbel_noise)
         self._mask_record, self._stats = (coarse, tuple(x.shape[-2:])), None
         return self._run(x, coarse, backend)
 
@@ -309,6 +310,8 @@ class LASResNet(ResNet):
         depth (int): 50, 101 or 152.
         granularity (int | Sequence[int]): Patch size S of the masks, one per stage.
         tau (float): Gumbel-softmax temperature (``LatencyLossHook`` schedules it).
+        gumbel_noise (float): Scale of the Gumbel noise of the training masks, >= 0: 1 is
+            LASNet's sampling, 0 trains on the eval decision (``LatencyLossHook`` can anneal it).
         sparse_inference (str): Eval-mode execution: 'auto' (Triton on CUDA, PyTorch on CPU),
             'torch', 'triton', or 'off' (dense convs times the mask, as in training; no
             Triton kernel runs at all).
@@ -328,8 +331,9 @@ class LASResNet(ResNet):
         152: (LASBottleneck, (3, 8, 36, 3)),
     }
 
-    def __init__(self, depth, granularity=(4, 4, 2, 1), tau=1.0, sparse_inference='auto',
-                 masker_cfg=None, cuda_graph=True, cuda_graph_cache=16, **kwargs):
+    def __init__(self, depth, granularity=(4, 4, 2, 1), tau=1.0, gumbel_noise=1.0,
+                 sparse_inference='auto', masker_cfg=None, cuda_graph=True, cuda_graph_cache=16,
+                 **kwargs):
         if depth not in self.arch_settings:
             raise ValueError(f'LASResNet depth must be one of {sorted(self.arch_settings)}, '
                              f'got {depth!r}')
@@ -350,6 +354,7 @@ class LASResNet(ResNet):
             raise ValueError(f'sparse inference needs style="pytorch", got {self.style!r}')
         self.sparse_inference = sparse_inference
         self.tau = tau
+        self.gumbel_noise = gumbel_noise
         self.cuda_graph = cuda_graph
         self._warned_no_cost_loss = False
         self.cost_loss_attached = False  # set by LatencyLossHook
@@ -400,6 +405,16 @@ class LASResNet(ResNet):
         self._tau = _check_number('tau', value, low=0, low_open=True)
         for _, block in self.las_blocks():
             block.tau = self._tau
+
+    @property
+    def gumbel_noise(self):
+        return self._gumbel_noise
+
+    @gumbel_noise.setter
+    def gumbel_noise(self, value):
+        self._gumbel_noise = _check_number('gumbel_noise', value, low=0)
+        for _, block in self.las_blocks():
+            block.gumbel_noise = self._gumbel_noise
 
     @property
     def sparse_inference(self):

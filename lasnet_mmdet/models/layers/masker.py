@@ -4,7 +4,9 @@ A masker looks at the block input, pools it onto the coarse grid of exact SxS ou
 (the last row/column clipped when S does not divide the output size), turns each cell into two
 logits (index 0 = execute, 1 = skip) with a 1x1 conv, and decides:
 
-* training: hard Gumbel-softmax at temperature ``tau`` with a straight-through gradient;
+* training: hard Gumbel-softmax at temperature ``tau`` with a straight-through gradient; the
+  Gumbel noise can be scaled down (``noise`` < 1, scheduled by ``LatencyLossHook``) so that the
+  sampled masks approach the deterministic eval decision by the end of training;
 * eval: ``execute >= skip`` (ties execute), no noise.
 
 In eval, when the block runs the Triton backend, one fused Triton kernel
@@ -34,6 +36,21 @@ def random_coarse_mask(batch, h, w, rate, generator, device):
     mask = torch.zeros(batch, cells)
     mask.scatter_(1, order[:, :active], 1.0)
     return mask.view(batch, 1, h, w).to(device)
+
+
+def gumbel_execute(logits, tau=1.0, noise=1.0):
+    """Hard execute decision ``(B, 1, h, w)`` from ``(B, 2, h, w)`` logits, straight-through.
+
+    ``F.gumbel_softmax(logits, tau, hard=True)[:, :1]`` with its Gumbel noise scaled by
+    ``noise``: 1 samples execute with probability ``softmax(logits)[0]`` (LASNet), 0 is the
+    eval decision ``execute >= skip`` with the same tempered-softmax gradient.
+    """
+    if noise == 1.0:
+        return F.gumbel_softmax(logits, tau=tau, hard=True, dim=1)[:, :1]
+    gumbels = -torch.empty_like(logits).exponential_().log()
+    soft = ((logits + noise * gumbels) / tau).softmax(dim=1)[:, :1]
+    hard = (soft >= 0.5).to(soft.dtype)  # ties execute, as in eval
+    return hard - soft.detach() + soft
 
 
 class MaskPin:
@@ -115,16 +132,16 @@ class Masker(BaseModule):
         weight, bias = self.conv2.weight.view(2, -1).to(x.dtype), self.conv2.bias.to(x.dtype)
         return (x.permute(0, 2, 3, 1) @ weight.t() + bias).permute(0, 3, 1, 2)
 
-    def forward(self, x, out_h, out_w, tau=1.0):
+    def forward(self, x, out_h, out_w, tau=1.0, noise=1.0):
         """Coarse mask ``(B, 1, h, w)`` in {0, 1} (float, differentiable in training)."""
         if self.pin is not None:
             if self.pin.run_masker:
-                self.decide(x, tau)  # its cost is real (benchmarks), its decision unused
+                self.decide(x, tau, noise)  # its cost is real (benchmarks), its decision unused
             h, w = coarse_grid_size(out_h, out_w, self.granularity)
             return self.pin((x.shape[0], 1, h, w), x.device, x.dtype)
-        return self.decide(x, tau)
+        return self.decide(x, tau, noise)
 
-    def decide(self, x, tau=1.0):
+    def decide(self, x, tau=1.0, noise=1.0):
         """The masker's own decision: hard Gumbel in training, ``execute >= skip`` in eval."""
         if self.use_triton and not self.training and not (
                 torch.is_grad_enabled() and self.conv2.weight.requires_grad):
@@ -134,7 +151,7 @@ class Masker(BaseModule):
                                    self.stride * self.granularity)
         logits = self.logits(x)
         if self.training:
-            return F.gumbel_softmax(logits, tau=tau, hard=True, dim=1)[:, :1]
+            return gumbel_execute(logits, tau, noise)
         return (logits[:, :1] >= logits[:, 1:]).to(x.dtype)
 
     @contextmanager
