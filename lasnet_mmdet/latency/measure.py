@@ -126,8 +126,8 @@ def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', back
     if not shape.downsample:
         x = workspace.output(tuple(x.shape), x.dtype, x.device).copy_(x)
 
-    weights = block.folded_weights(x.dtype)
     backend = resolve_backend(backend, x.device)
+    weights = block.folded_weights(x.dtype, backend)
 
     def forward():
         with torch.no_grad(), use_workspace(workspace):

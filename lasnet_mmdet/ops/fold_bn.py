@@ -1,20 +1,26 @@
 """Eval-mode BatchNorm folded into the convs of a LAS bottleneck.
 
-Both sparse backends run GEMMs of the form ``rows(K) @ W(K, N) + bias``, so the folded weights
-of conv1..conv3 are K x N matrices, the 3x3 conv's K ordered (dy, dx, c_in) to match the order
-in which its nine taps are gathered. The downsample (1x1 conv + BN) and the stem are folded
-into one 4-D channels-last conv each. These are pure functions: the block that owns the
-modules caches their results and drops the cache when its weights change.
+Both sparse backends run GEMMs of the form ``rows(K) @ W + bias``, so the folded weights of
+conv1..conv3 are matrices, the 3x3 conv's K ordered (dy, dx, c_in) to match the order in which
+its nine taps are gathered. Their layout is the one the backend's GEMM reads fastest
+(``WEIGHT_LAYOUTS``): K x N ('kn') for the Triton kernels, N x K ('nk', a 1x1 conv's weight)
+for the PyTorch backend, whose CPU GEMMs are oneDNN 1x1 convolutions. The downsample (1x1 conv
++ BN) and the stem are folded into one 4-D channels-last conv each. These are pure functions:
+the block that owns the modules caches their results and drops the cache when its weights
+change.
 """
 from collections import namedtuple
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-# What a sparse backend needs of a bottleneck: conv1..conv3 as K x N GEMM weights with their
-# biases, and the downsample as a folded 1x1 conv (``ds_weight`` None for an identity block).
+# What a sparse backend needs of a bottleneck: conv1..conv3 as GEMM weights in ``layout`` with
+# their biases, and the downsample as a folded 1x1 conv (``ds_weight`` None for an identity
+# block).
 FoldedBottleneck = namedtuple('FoldedBottleneck',
-                              'w1 b1 w2 b2 w3 b3 ds_weight ds_bias ds_stride')
+                              'w1 b1 w2 b2 w3 b3 ds_weight ds_bias ds_stride layout')
+# The GEMM weight layout each sparse backend takes.
+WEIGHT_LAYOUTS = {'torch': 'nk', 'triton': 'kn'}
 
 
 def _bn_scale_shift(bn):
@@ -23,11 +29,16 @@ def _bn_scale_shift(bn):
 
 
 @torch.no_grad()
-def fold_gemm(conv, bn, dtype):
-    """``(K x N weight, N bias)`` of a bias-free ``conv`` followed by eval-mode ``bn``."""
+def fold_gemm(conv, bn, dtype, layout='kn'):
+    """``(weight, N bias)`` of a bias-free ``conv`` followed by eval-mode ``bn``; the weight
+    K x N ('kn') or N x K ('nk'), K ordered (kh, kw, c_in)."""
+    if layout not in ('kn', 'nk'):
+        raise ValueError(f"layout must be 'kn' or 'nk', got {layout!r}")
     scale, shift = _bn_scale_shift(bn)
     w = conv.weight * scale[:, None, None, None]  # (C_out, C_in, kh, kw)
-    w = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])  # K ordered (kh, kw, c_in)
+    w = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (N, K), K ordered (kh, kw, c_in)
+    if layout == 'kn':
+        w = w.t()
     return w.to(dtype).contiguous(), shift.to(dtype).contiguous()
 
 
@@ -50,12 +61,13 @@ def is_foldable_downsample(ds):
             and isinstance(ds[1], _BatchNorm) and ds[1].running_var is not None)
 
 
-def fold_bottleneck(convs, norms, downsample, dtype):
-    """``FoldedBottleneck`` of conv1..conv3 with their BNs and a foldable downsample (or None)."""
+def fold_bottleneck(convs, norms, downsample, dtype, layout='kn'):
+    """``FoldedBottleneck`` of conv1..conv3 with their BNs and a foldable downsample (or None),
+    GEMM weights in ``layout`` (``WEIGHT_LAYOUTS[backend]``)."""
     folded = []
     for conv, bn in zip(convs, norms):
-        folded += fold_gemm(conv, bn, dtype)
+        folded += fold_gemm(conv, bn, dtype, layout)
     if downsample is None:
-        return FoldedBottleneck(*folded, None, None, 1)
+        return FoldedBottleneck(*folded, None, None, 1, layout)
     ds_weight, ds_bias = fold_conv(downsample[0], downsample[1], dtype)
-    return FoldedBottleneck(*folded, ds_weight, ds_bias, downsample[0].stride[0])
+    return FoldedBottleneck(*folded, ds_weight, ds_bias, downsample[0].stride[0], layout)

@@ -3,7 +3,7 @@ import torch.nn as nn
 
 from lasnet_mmdet.models.backbones.las_resnet import LASBottleneck
 from lasnet_mmdet.models.layers.masker import random_coarse_mask
-from lasnet_mmdet.ops import sparse_bottleneck
+from lasnet_mmdet.ops import WEIGHT_LAYOUTS, sparse_bottleneck
 from lasnet_mmdet.ops.geometry import conv_out, upsample_mask
 
 
@@ -55,5 +55,7 @@ def dense_masked_forward(block, x, coarse):
 
 def sparse_forward(block, x, coarse, backend, reuse_output=False):
     """The ops' tensor API on ``block``'s folded weights."""
-    return sparse_bottleneck(x, coarse, block.folded_weights(x.dtype), block.granularity,
-                             block.stride, backend, reuse_output=reuse_output)
+    # (an unknown backend gets the torch layout: sparse_bottleneck must refuse it by name)
+    layout_of = backend if backend in WEIGHT_LAYOUTS else 'torch'
+    return sparse_bottleneck(x, coarse, block.folded_weights(x.dtype, layout_of),
+                             block.granularity, block.stride, backend, reuse_output=reuse_output)

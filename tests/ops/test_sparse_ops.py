@@ -63,6 +63,24 @@ def test_torch_backend_matches_dense_masked(case, rate):
     _check('torch', case, rate)
 
 
+@pytest.mark.parametrize('rate', [0.5, 1.0])
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_torch_backend_onednn_gemms_match_dense_masked(case, rate, monkeypatch):
+    # The tiny cases have fewer rows than ONEDNN_MIN_ROWS: force the oneDNN 1x1-conv GEMMs
+    from lasnet_mmdet.ops import torch_backend
+    monkeypatch.setattr(torch_backend, 'ONEDNN_MIN_ROWS', 1)
+    _check('torch', case, rate)
+
+
+def test_torch_backend_gemm_paths_agree():
+    from lasnet_mmdet.ops.torch_backend import ONEDNN_MIN_ROWS, gemm
+    weight, bias = torch.randn(24, 40), torch.randn(24)
+    for rows in (torch.randn(7, 40), torch.randn(ONEDNN_MIN_ROWS + 3, 40)):  # BLAS, oneDNN
+        out = gemm(rows, weight, bias)
+        assert out.shape == (rows.shape[0], 24)
+        assert_close_to_scale(out, rows @ weight.t() + bias, 1e-5)
+
+
 @pytest.mark.parametrize('case,rate', [(c, r) for c in CASES for r in RATES
                                        if r == 0.5 or c[2] in (2, 7)], ids=str)
 def test_triton_backend_matches_dense_masked(case, rate):
@@ -230,9 +248,9 @@ def test_folded_weights_cached_and_invalidated():
     coarse = coarse_for(block, x, 1.0)
     with torch.no_grad():
         block.forward_coarse(x, coarse)
-        first = block.folded_weights(x.dtype)
+        first = block.folded_weights(x.dtype, 'torch')
         block.forward_coarse(x, coarse)
-        assert block.folded_weights(x.dtype) is first  # no per-call re-derivation
+        assert block.folded_weights(x.dtype, 'torch') is first  # no per-call re-derivation
         # load_state_dict, train()/eval() and .to() drop the cache
         state = {k: v.clone() for k, v in block.state_dict().items()}
         state['bn2.running_var'] *= 3.0
@@ -242,9 +260,9 @@ def test_folded_weights_cached_and_invalidated():
         assert_close_to_scale(out, dense_masked_forward(block, x, coarse), 1e-4)
         for change in (lambda: block.train().eval(), lambda: block.to(torch.float32),
                        block.invalidate_cache):
-            cached = block.folded_weights(x.dtype)
+            cached = block.folded_weights(x.dtype, 'torch')
             change()
-            assert block.folded_weights(x.dtype) is not cached
+            assert block.folded_weights(x.dtype, 'torch') is not cached
 
 
 def test_unsupported_block_falls_back_or_fails_clearly():
@@ -322,8 +340,8 @@ def _bad_inputs(block, x, coarse):
 
 def sparse_bottleneck_raw(block, x, coarse):
     from lasnet_mmdet.ops import sparse_bottleneck
-    return sparse_bottleneck(x, coarse, block.folded_weights(torch.float32), block.granularity,
-                             block.stride, 'torch')
+    return sparse_bottleneck(x, coarse, block.folded_weights(torch.float32, 'torch'),
+                             block.granularity, block.stride, 'torch')
 
 
 def test_nan_pixel_same_in_dense_masked_and_sparse():

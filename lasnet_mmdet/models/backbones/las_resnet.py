@@ -28,8 +28,8 @@ from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
-from ...ops import (fold_bottleneck, fold_conv, is_foldable_downsample, resolve_backend,
-                    sparse_bottleneck, TRITON_DTYPES)
+from ...ops import (WEIGHT_LAYOUTS, fold_bottleneck, fold_conv, is_foldable_downsample,
+                    resolve_backend, sparse_bottleneck, TRITON_DTYPES)
 from ...ops.cuda_graph import CUDAGraphCache
 from ...ops.geometry import coarse_shape, conv_out, dilate_mask, upsample_mask
 from ...ops.layout import to_nchw
@@ -120,13 +120,15 @@ class LASBottleneck(Bottleneck):
         self.invalidate_cache()
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def folded_weights(self, dtype):
-        """conv1..conv3 (and the downsample) with eval BN folded in, in ``dtype`` (cached)."""
-        if dtype not in self._folded:
-            self._folded[dtype] = fold_bottleneck(
+    def folded_weights(self, dtype, backend):
+        """conv1..conv3 (and the downsample) with eval BN folded in, in ``dtype`` and the
+        weight layout of sparse ``backend`` (cached)."""
+        key = (dtype, backend)
+        if key not in self._folded:
+            self._folded[key] = fold_bottleneck(
                 (self.conv1, self.conv2, self.conv3), (self.norm1, self.norm2, self.norm3),
-                self.downsample, dtype)
-        return self._folded[dtype]
+                self.downsample, dtype, WEIGHT_LAYOUTS[backend])
+        return self._folded[key]
 
     def sparse_backend(self, x):
         """'torch' / 'triton' when this call runs sparse, None when it runs dense-masked."""
@@ -174,8 +176,9 @@ class LASBottleneck(Bottleneck):
 
     def _run(self, x, coarse, backend):
         if backend is not None:
-            return sparse_bottleneck(x, coarse, self.folded_weights(x.dtype), self.granularity,
-                                     self.stride, backend, reuse_output=self.reuse_output)
+            return sparse_bottleneck(x, coarse, self.folded_weights(x.dtype, backend),
+                                     self.granularity, self.stride, backend,
+                                     reuse_output=self.reuse_output)
         mask = upsample_mask(coarse, self.granularity, conv_out(x.shape[-2], self.stride),
                              conv_out(x.shape[-1], self.stride))
         if self.with_cp and x.requires_grad:
