@@ -8,10 +8,11 @@
 * ``detector``: a whole detector's ``predict()`` with either backbone, under autocast;
 * ``sizes``: the COCO-like padded test sizes of the stream benchmark.
 """
-from .dense import dense_twin, dense_variants, fold_resnet
+from .dense import dense_twin, dense_variants, fold_block, fold_resnet
 from .detector import DetectorBench
 from .sizes import COCO_IMAGE_SIZES, padded_test_sizes
 from .timing import kernel_table, sync, time_call, time_interleaved
 
-__all__ = ['COCO_IMAGE_SIZES', 'DetectorBench', 'dense_twin', 'dense_variants', 'fold_resnet',
-           'kernel_table', 'padded_test_sizes', 'sync', 'time_call', 'time_interleaved']
+__all__ = ['COCO_IMAGE_SIZES', 'DetectorBench', 'dense_twin', 'dense_variants', 'fold_block',
+           'fold_resnet', 'kernel_table', 'padded_test_sizes', 'sync', 'time_call',
+           'time_interleaved']

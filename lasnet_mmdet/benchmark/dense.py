@@ -37,25 +37,38 @@ def _fold_into(parent, conv_name, norm_name):
     setattr(parent, norm_name, nn.Identity())
 
 
+def _fold_block(block):
+    """Fold the BNs of an mmdet ``Bottleneck`` / ``BasicBlock`` (and its downsample) in place."""
+    from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
+    if isinstance(block, (Bottleneck, BasicBlock)):
+        n = 3 if isinstance(block, Bottleneck) else 2
+        for i in range(1, n + 1):
+            _fold_into(block, f'conv{i}', getattr(block, f'norm{i}_name'))
+    ds = block.downsample
+    if isinstance(ds, nn.Sequential):
+        for i in range(len(ds) - 1):
+            if isinstance(ds[i], nn.Conv2d) and isinstance(ds[i + 1], _BatchNorm):
+                _fold_into(ds, str(i), str(i + 1))
+
+
+def fold_block(block):
+    """A channels-last copy of an mmdet bottleneck (eval) with its BatchNorms folded: one block
+    of the deployed dense network (``fold_resnet``)."""
+    block = copy.deepcopy(block).eval()
+    _fold_block(block)
+    return block.to(memory_format=torch.channels_last)
+
+
 def fold_resnet(resnet):
     """A channels-last copy of mmdet ``ResNet`` ``resnet`` (eval) with every BatchNorm folded
     into the conv before it: stem, conv1..conv3 of each bottleneck, downsamples."""
-    from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
     model = copy.deepcopy(resnet)
     model.eval()  # (mmdet's ResNet.train returns None: no chaining)
     if not model.deep_stem:
         _fold_into(model, 'conv1', model.norm1_name)
     for name in model.res_layers:
         for block in getattr(model, name):
-            if isinstance(block, (Bottleneck, BasicBlock)):
-                n = 3 if isinstance(block, Bottleneck) else 2
-                for i in range(1, n + 1):
-                    _fold_into(block, f'conv{i}', getattr(block, f'norm{i}_name'))
-            ds = block.downsample
-            if isinstance(ds, nn.Sequential):
-                for i in range(len(ds) - 1):
-                    if isinstance(ds[i], nn.Conv2d) and isinstance(ds[i + 1], _BatchNorm):
-                        _fold_into(ds, str(i), str(i + 1))
+            _fold_block(block)
     return model.to(memory_format=torch.channels_last)
 
 

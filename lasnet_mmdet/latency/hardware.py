@@ -32,11 +32,13 @@ DTYPE_BYTES = {'fp32': 4, 'fp16': 2, 'bf16': 2}
 #                 to streaming (unused on GPUs, whose caching allocator reuses memory)
 #   pool:         rate of the 3x3 max-pool's window reads on a CPU (PyTorch's NCHW CPU
 #                 max-pool is not bandwidth-bound), relative to streaming
+#   blas:         speed of the BLAS GEMMs that the PyTorch backend runs below
+#                 ``ONEDNN_MIN_ROWS`` rows on a CPU, relative to its oneDNN ones (``compute``)
 DEFAULT_EFFICIENCY = dict(compute=0.6, memory=0.8, gather=0.5, small_dim=0.0, launch_us=5.0,
-                          layout=0.5, alloc=0.2, pool=1.0)
+                          layout=0.5, alloc=0.2, pool=1.0, blas=1.0)
 EFFICIENCY_BOUNDS = dict(compute=(1e-3, 1.0), memory=(1e-3, 1.0), gather=(1e-3, 1.0),
                          small_dim=(0.0, 4096.0), launch_us=(0.0, 1e4), layout=(1e-3, 1.0),
-                         alloc=(1e-3, 1.0), pool=(1e-3, 1.0))
+                         alloc=(1e-3, 1.0), pool=(1e-3, 1.0), blas=(0.05, 4.0))
 
 
 class ProfileError(ValueError):

@@ -146,6 +146,20 @@ def measure_static_block(shape, device='cpu', dtype='fp32', block=None, warmup=2
     return time_fn(lambda: Bottleneck.forward(block, x), device, warmup, repeats, min_seconds)
 
 
+def measure_deployed_block(shape, device='cpu', dtype='fp32', block=None, warmup=2, repeats=5,
+                           min_seconds=0.0):
+    """Median seconds of the block as the deployed dense network runs it: BN folded,
+    channels-last weights and input (``benchmark.dense.fold_block``)."""
+    from mmdet.models.backbones.resnet import Bottleneck
+
+    from ..benchmark.dense import fold_block
+    block = block if block is not None else make_block(shape, 1, device, dtype)
+    folded = fold_block(block)
+    x = torch.randn(shape.batch, shape.in_channels, shape.in_h, shape.in_w, device=device,
+                    dtype=TORCH_DTYPES[dtype]).contiguous(memory_format=torch.channels_last)
+    return time_fn(lambda: Bottleneck.forward(folded, x), device, warmup, repeats, min_seconds)
+
+
 def make_backbones(depth=101, granularity=(4, 4, 2, 1), device='cpu', dtype='fp32',
                    backend='auto'):
     """(dense mmdet ResNet, LASResNet with sparse inference), eval, random weights."""

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..ops.geometry import coarse_grid_size, conv_out
-from ..ops.torch_backend import DENSE_CONV1_ABOVE, INDEX_OPS
+from ..ops.torch_backend import DENSE_CONV1_ABOVE, INDEX_OPS, ONEDNN_MIN_ROWS
 from ..ops import TRITON_INDEX_OPS
 from .hardware import DTYPE_BYTES, load_profile
 
@@ -50,6 +50,7 @@ class Schedule:
     dense_conv1_above: float = 1.0  # run conv1 densely above this needed-row fraction
     index_ops: int = TRITON_INDEX_OPS  # launches that turn the coarse mask into row lists
     with_masker: bool = True       # False when masks are given (pinned), as in benchmarks
+    blas_below_rows: int = 0       # CPU: GEMMs of fewer rows run BLAS (efficiency ``blas``)
 
     def replace(self, **kwargs):
         return replace(self, **kwargs)
@@ -62,12 +63,14 @@ SCHEDULES = {
     # lasnet_mmdet.ops Triton backend: the same fusions on pixel rows (implicit GEMMs over
     # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3).
     'rows': Schedule(patch_tiles=False),
-    # lasnet_mmdet.ops torch backend: row GEMMs, explicit gathers, index_add, ReLU passes,
-    # small ops to build the row lists; buffers reused from a workspace (no fresh pages), BN
-    # folded everywhere, the masker as avg-pool + 1x1 conv. Constants read from the ops.
+    # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, BLAS below ONEDNN_MIN_ROWS rows;
+    # fresh outputs), explicit gathers into reused workspace buffers, index_add, ReLU passes,
+    # small ops to build the row lists, BN folded everywhere, the masker as avg-pool + 1x1
+    # conv. Constants read from the ops.
     'torch': Schedule(patch_tiles=False, gather_in_conv=False, fused_scatter=False,
                       masker_fused=False, epilogue_fused=False,
-                      dense_conv1_above=DENSE_CONV1_ABOVE, index_ops=INDEX_OPS),
+                      dense_conv1_above=DENSE_CONV1_ABOVE, index_ops=INDEX_OPS,
+                      blas_below_rows=ONEDNN_MIN_ROWS),
 }
 
 
@@ -129,6 +132,7 @@ class Kernel:
     alloc_bytes: float = 0.0    # CPU: a fresh output too large for the heap (page faults)
     window_bytes: float = 0.0   # CPU: a pooling window's reads (9 per output)
     launches: int = 1           # ops it stands for (each pays the launch cost)
+    blas: bool = False          # CPU: a BLAS GEMM (efficiency ``blas`` x ``compute``)
 
     @property
     def is_gemm(self):
@@ -150,6 +154,8 @@ def _gemm_compute_s(kernel, profile, dtype):
     M, N, K = kernel.M, kernel.N, kernel.K
     peak = profile.peak_flops(dtype) * profile.efficiency['compute']
     if profile.kind == 'cpu':
+        if kernel.blas:
+            peak *= profile.efficiency['blas']
         return 2.0 * M * N * K / (peak * _shape_efficiency(profile, (M, N, K)))
     # On a GPU, M and N enter through the (padded) tiles; a short K still costs pipeline
     # fill per tile.
@@ -316,7 +322,7 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
     ks = []
     if shape.downsample:
         ks.append(_conv('downsample', out_px, cout, cin, out_px * cin, dense_out, b,
-                        nchw=False, fresh=False))  # channels-last, into the block's output
+                        nchw=False))  # channels-last, a fresh tensor: the block's output
         if not schedule.bn_folded:
             ks.append(_eltwise('downsample.bn', dense_out, b))
     if schedule.fused_scatter:
@@ -336,7 +342,8 @@ def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None):
     """A conv GEMM (+ its BN / ReLU passes when the schedule does not fuse them)."""
     ks = [Kernel(name, M if m_pad is None else m_pad, N, K,
                  bytes=(M * N + N * K + (0 if gathered else in_elems)) * b,
-                 gathered_bytes=in_elems * b if gathered else 0.0)]
+                 gathered_bytes=in_elems * b if gathered else 0.0,
+                 alloc_bytes=_fresh(M * N * b), blas=M < schedule.blas_below_rows)]
     if not schedule.bn_folded:
         ks.append(_eltwise(name + '.bn', M * N, b, fresh=True))
     if not schedule.epilogue_fused:

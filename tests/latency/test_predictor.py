@@ -78,3 +78,19 @@ def test_backbone_prediction_structure():
     assert las['total'] < static['total']
     with pytest.raises(ValueError, match='rates'):
         predict_backbone('h100', 800, 1216, 4, [0.5] * 3)
+
+
+def test_cpu_gemms_below_onednn_rows_run_at_the_blas_efficiency():
+    from lasnet_mmdet.latency.hardware import load_profile
+    from lasnet_mmdet.ops.torch_backend import ONEDNN_MIN_ROWS
+    cpu = load_profile('lasnet_mmdet/latency/profiles/cpu-2t.json')
+    stage4 = BlockShape(2048, 512, 25, 38)  # 950 pixels: every GEMM below ONEDNN_MIN_ROWS
+    assert 25 * 38 < ONEDNN_MIN_ROWS
+    gemms = [k for k in las_kernels(stage4, 1, 0.5, 'torch') if k.is_gemm]
+    assert gemms and all(k.blas for k in gemms)
+    assert not any(k.blas for k in las_kernels(STAGE3, 4, 0.9, 'torch') if k.is_gemm)
+    slow = cpu.with_efficiency(blas=cpu.efficiency['blas'] / 2)
+    for k in gemms:
+        assert kernel_time(k, slow) > kernel_time(k, cpu)
+    # the Triton schedule has no BLAS path
+    assert not any(k.blas for k in las_kernels(stage4, 1, 0.5, 'rows'))
