@@ -233,10 +233,11 @@ def log_errors(profile, benches, dtype=None):
     return [math.log(kernels_time(b.kernels, profile, dtype) / b.measured_s) for b in benches]
 
 
-# On GPUs the single dense convs, the stem and the deployed dense block run cuDNN's kernels (NCHW transforms, special
-# first-layer kernels) that the predictor's GEMM model does not describe: fitting one compute
-# efficiency to them and to the project's Triton kernels left both mispredicted (H100: rms
-# log error 0.39, block MAPE 20 %). They are still measured and printed, as a check.
+# On GPUs the single dense convs, the stem and the deployed dense block run cuDNN's kernels
+# (NCHW transforms, special first-layer kernels) that the predictor's GEMM model does not
+# describe: fitting one compute efficiency to them and to the project's Triton kernels left
+# both mispredicted (H100: rms log error 0.39, block MAPE 20 %). They are still measured and
+# printed, as a check.
 CHECK_ONLY_OPS = {'cpu': (), 'gpu': ('conv', 'stem', 'deployed_block')}
 
 

@@ -2,7 +2,8 @@
 
 Times one op, one LAS block on its sparse path with a pinned mask, or a whole backbone, the
 way ``tools/benchmark_latency.py`` does: warm-up, synchronised, median of repeats. The sparse
-block goes through the ops' tensor entry point, ``sparse_bottleneck``, on the block's folded weights.
+block goes through the ops' tensor entry point, ``sparse_bottleneck``, on the block's folded
+weights.
 """
 import statistics
 import time

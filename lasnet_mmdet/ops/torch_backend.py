@@ -20,8 +20,9 @@ than it saves, and ``addmm`` runs:
    already >= 0).
 
 Gathered rows and the conv1 map come from the current ``Workspace`` (no fresh pages per
-block); GEMM results are fresh tensors (oneDNN writes no ``out=``). All row sets come from ``patches``; the host reads their sizes
-(``nonzero``), which is fine on the CPU; the Triton backend avoids that on CUDA.
+block); GEMM results are fresh tensors (oneDNN writes no ``out=``). All row sets come from
+``patches``; the host reads their sizes (``nonzero``), which is fine on the CPU; the Triton
+backend avoids that on CUDA.
 """
 import torch
 import torch.nn.functional as F
