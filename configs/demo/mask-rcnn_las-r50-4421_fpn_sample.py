@@ -88,8 +88,9 @@ default_hooks = dict(
 custom_hooks = [
     # LASNet's ImageNet criterion: every block's rate held near the target early (bounds
     # opening over the first third of the run), so no stage reaches it by switching off.
-    # The Gumbel noise anneals to 0, so the cost reached in training is the eval cost.
+    # (Full Gumbel noise throughout: annealing it to 0 left the eval ratio at 0.40 in one run;
+    # from scratch, BN's batch statistics in training differ from its running ones in eval.)
     dict(type='LatencyLossHook', target=0.5, weight=1.0, tau=1.0, tau_end=0.1,
-         gumbel_noise_end=0.0, bounds=dict(relax=0.33, weight=10.0)),
+         bounds=dict(relax=0.33, weight=10.0)),
     dict(type='LASReportHook'),
 ]

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..ops.geometry import coarse_grid_size, conv_out
-from ..ops.torch_backend import DENSE_CONV1_ABOVE, INDEX_OPS, ONEDNN_MIN_ROWS
+from ..ops.torch_backend import DENSE_BLOCK_ABOVE, DENSE_CONV1_ABOVE, INDEX_OPS, ONEDNN_MIN_ROWS
 from ..ops import TRITON_INDEX_OPS
 from .hardware import DTYPE_BYTES, load_profile
 
@@ -51,6 +51,7 @@ class Schedule:
     index_ops: int = TRITON_INDEX_OPS  # launches that turn the coarse mask into row lists
     with_masker: bool = True       # False when masks are given (pinned), as in benchmarks
     blas_below_rows: int = 0       # CPU: GEMMs of fewer rows run BLAS (efficiency ``blas``)
+    dense_block_above: float = 1.0  # run the whole block densely above this active fraction
 
     def replace(self, **kwargs):
         return replace(self, **kwargs)
@@ -70,7 +71,7 @@ SCHEDULES = {
     'torch': Schedule(patch_tiles=False, gather_in_conv=False, fused_scatter=False,
                       masker_fused=False, epilogue_fused=False,
                       dense_conv1_above=DENSE_CONV1_ABOVE, index_ops=INDEX_OPS,
-                      blas_below_rows=ONEDNN_MIN_ROWS),
+                      blas_below_rows=ONEDNN_MIN_ROWS, dense_block_above=DENSE_BLOCK_ABOVE),
 }
 
 
@@ -361,6 +362,15 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
     in_px, out_px = B * shape.in_h * shape.in_w, B * out_h * out_w
     # Mask upsampling, dilation, nonzero and the taps' row lists (int64) in small ops.
     taps = 0 if schedule.gather_in_conv else 3 * 8 * 9 * n2  # int64 tap lists, built on host
+    if n2 > schedule.dense_block_above * out_px:
+        # Nearly all active: the deployed dense block's convs (fresh outputs), conv3's output
+        # zeroed off the mask, the residual added and ReLU'd in two passes.
+        ks = _masker_and_indices(shape, granularity, schedule, b, 8 * (in_px + out_px),
+                                 schedule.index_ops)
+        ks += static_kernels(shape, dtype, deployed=True)
+        dense_out = out_px * shape.out_channels
+        return ks + [_eltwise('mask_fill', dense_out, b),
+                     _eltwise('add_relu', dense_out, b, passes=3)]
     ks = _masker_and_indices(shape, granularity, schedule, b, 8 * (in_px + out_px) + taps,
                              schedule.index_ops)
     if n1 > schedule.dense_conv1_above * in_px:

@@ -19,6 +19,9 @@ than it saves, and ``addmm`` runs:
    block whose input is the previous block's workspace output writes into that input, which is
    already >= 0).
 
+When nearly every output pixel is active (``DENSE_BLOCK_ABOVE``), the block runs its convs
+densely instead and keeps conv3's output on the active pixels only.
+
 Gathered rows and the conv1 map come from the current ``Workspace`` (no fresh pages per
 block); GEMM results are fresh tensors (oneDNN writes no ``out=``). All row sets come from
 ``patches``; the host reads their sizes (``nonzero``), which is fine on the CPU; the Triton
@@ -38,6 +41,12 @@ DENSE_CONV1_ABOVE = 0.75
 # Launches that turn the coarse mask into row lists here (upsample, dilate, nonzero, taps...),
 # counted in ``pixel_masks``, ``conv2_taps`` and below; the latency predictor reads it.
 INDEX_OPS = 25
+# Above this fraction of active output pixels the block runs its three convs densely (oneDNN,
+# channels-last, as the deployed dense network does) and keeps the conv3 output on the active
+# pixels only: the gathers, scatters and row lists then cost more than the skipped pixels save
+# (R101 4-4-2-1 at 800x1216 on 2 cores: the sparse path was 0.82x dense at r = 0.7, 1.2x at
+# r = 0.9). The latency predictor reads it.
+DENSE_BLOCK_ABOVE = 0.8
 # GEMMs of at least this many rows run as oneDNN 1x1 convolutions on the CPU (see above): at
 # 1820 x 2304 x 256 oneDNN was 10 % faster, at 491 x 4608 x 512 even, at 120 rows 13 % slower.
 ONEDNN_MIN_ROWS = 1024
@@ -56,6 +65,24 @@ def gemm(rows, weight, bias):
         out = F.conv2d(image, weight.view(*weight.shape, 1, 1), bias)
         return out.permute(0, 2, 3, 1).reshape(m, -1)  # channels-last output: a view
     return torch.addmm(bias, rows, weight.t())
+
+
+def _dense_block(x, active, weights, stride):
+    """The block on every pixel (folded convs, channels-last), conv3's output kept where
+    ``active`` (``(B, H_o, W_o)`` bool) only: ReLU(residual + mask * conv3), NaN-safe."""
+    f = weights
+    mid_c, out_c = f.w1.shape[0], f.w3.shape[0]
+    y1 = F.conv2d(x, f.w1.view(mid_c, -1, 1, 1), f.b1).relu_()
+    # N x (3, 3, C_in) is a channels-last 3x3 conv weight: a view, no copy
+    w2 = f.w2.view(mid_c, 3, 3, mid_c).permute(0, 3, 1, 2)
+    y2 = F.conv2d(y1, w2, f.b2, stride=stride, padding=1).relu_()
+    y3 = F.conv2d(y2, f.w3.view(out_c, mid_c, 1, 1), f.b3)
+    y3.masked_fill_(~active[:, None], 0)  # fill, not multiply: skipped NaN/Inf do not leak
+    if f.ds_weight is None:
+        residual = x
+    else:
+        residual = F.conv2d(x, f.ds_weight, f.ds_bias, stride=f.ds_stride)
+    return y3.add_(residual).relu_()
 
 
 def torch_forward(x, coarse, weights, granularity, stride, reuse_output=False):
@@ -85,6 +112,8 @@ def torch_forward(x, coarse, weights, granularity, stride, reuse_output=False):
     active, needed = pixel_masks(coarse, granularity, stride, in_h, in_w)
     active_rows = active.flatten().nonzero().squeeze(1)
     n = active_rows.numel()
+    if n > DENSE_BLOCK_ABOVE * active.numel():
+        return _dense_block(x, active, f, stride)
 
     identity = f.ds_weight is None
     if identity and reuse_output and is_block_output(x):
