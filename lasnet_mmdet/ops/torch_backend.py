@@ -44,8 +44,9 @@ INDEX_OPS = 25
 # Above this fraction of active output pixels the block runs its three convs densely (oneDNN,
 # channels-last, as the deployed dense network does) and keeps the conv3 output on the active
 # pixels only: the gathers, scatters and row lists then cost more than the skipped pixels save
-# (R101 4-4-2-1 at 800x1216 on 2 cores: the sparse path was 0.82x dense at r = 0.7, 1.2x at
-# r = 0.9). The latency predictor reads it.
+# (R101 4-4-2-1 at 800x1216 on 2 cores, random masks: the sparse path breaks even with the
+# dense network near r = 0.65 and was 1.2x it at r = 0.9; between 0.65 and 0.8 the two paths
+# measured alike). The latency predictor reads it.
 DENSE_BLOCK_ABOVE = 0.8
 # GEMMs of at least this many rows run as oneDNN 1x1 convolutions on the CPU (see above): at
 # 1820 x 2304 x 256 oneDNN was 10 % faster, at 491 x 4608 x 512 even, at 120 rows 13 % slower.
