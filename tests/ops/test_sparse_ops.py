@@ -344,17 +344,25 @@ def sparse_bottleneck_raw(block, x, coarse):
                              block.granularity, block.stride, 'torch')
 
 
-def test_nan_pixel_same_in_dense_masked_and_sparse():
+@pytest.mark.parametrize('execute_bias', [0.0, 2.0])  # 2.0: some blocks above 80 % active
+def test_nan_pixel_same_in_dense_masked_and_sparse(execute_bias, monkeypatch):
     """One NaN input pixel: the sparse path and the dense-masked path ('off') agree on every
-    output (NaN where and only where both have it) and on the cost ratio."""
+    output (NaN where and only where both have it) and on the cost ratio; with most patches
+    active the PyTorch backend runs its blocks densely (``DENSE_BLOCK_ABOVE``) and must agree
+    too."""
     torch.manual_seed(0)
     backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='off').eval()
     from ops_helpers import randomise_bn
     randomise_bn(backbone)
     for _, block in backbone.las_blocks():  # decide by the input, with some patches skipped
-        block.masker.conv2.bias.data.zero_()
+        block.masker.conv2.bias.data.copy_(torch.tensor([execute_bias, 0.0]))
     x = torch.randn(1, 3, 96, 96)
     x[0, :, 40, 50] = float('nan')
+    from lasnet_mmdet.ops import torch_backend
+    dense_blocks = []  # blocks the PyTorch backend ran densely (DENSE_BLOCK_ABOVE)
+    run_dense = torch_backend._dense_block
+    monkeypatch.setattr(torch_backend, '_dense_block',
+                        lambda *args: dense_blocks.append(1) or run_dense(*args))
     results = {}
     with torch.no_grad():
         for mode in ('off', 'torch'):
@@ -365,6 +373,7 @@ def test_nan_pixel_same_in_dense_masked_and_sparse():
     (ref, ref_ratio), (out, ratio) = results['off'], results['torch']
     assert ratio == pytest.approx(ref_ratio)
     assert 0 < ratio < 1
+    assert len(dense_blocks) > 0 if execute_bias else len(dense_blocks) < 16
     for o, r in zip(out, ref):
         assert torch.equal(o.isnan(), r.isnan())
         assert_close_to_scale(torch.nan_to_num(o), torch.nan_to_num(r), 1e-4)
