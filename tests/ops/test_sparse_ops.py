@@ -325,6 +325,15 @@ def _bad_inputs(block, x, coarse):
         sparse_forward(block, x, coarse[:, :, :3, :3], 'torch')
     with pytest.raises(ValueError, match='torch.int64'):
         sparse_bottleneck_raw(block, x.long(), coarse)
+    # weights folded for the other backend's GEMM layout are refused, not misread
+    from lasnet_mmdet.ops import fold_bottleneck, sparse_bottleneck
+    from lasnet_mmdet.ops.fold_bn import fold_gemm
+    kn = fold_bottleneck((block.conv1, block.conv2, block.conv3),
+                         (block.norm1, block.norm2, block.norm3), block.downsample, x.dtype, 'kn')
+    with pytest.raises(ValueError, match="layout='nk', got 'kn'"):
+        sparse_bottleneck(x, coarse, kn, block.granularity, block.stride, 'torch')
+    with pytest.raises(ValueError, match="layout must be 'kn' or 'nk', got 'mn'"):
+        fold_gemm(block.conv1, block.norm1, x.dtype, 'mn')
     if not CUDA:
         env = os.environ.pop('TRITON_INTERPRET', None)
         try:
