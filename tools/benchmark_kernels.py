@@ -114,11 +114,11 @@ class Layer:
         ch, cw = -(-oh // s), -(-ow // s)
         order = torch.rand(batch, ch * cw, generator=g, device=dev).argsort(dim=1).argsort(dim=1)
         coarse = (order < round(rate * ch * cw)).to(dtype).view(batch, 1, ch, cw)
-        self.counts = torch.zeros(2, dtype=torch.int32, device=dev)
+        self.counts = torch.zeros(3, dtype=torch.int32, device=dev)
         self.needed = torch.empty(batch * h * w, dtype=torch.int32, device=dev)
         self.active = torch.empty(batch * oh * ow, dtype=torch.int32, device=dev)
         compact_rows(coarse, self.counts, self.needed, self.active, (h, w), (oh, ow), s, stride)
-        n_needed, n_active = self.counts.tolist()
+        n_needed, n_active, _ = self.counts.tolist()
 
         def randn(*shape):
             return torch.randn(*shape, generator=g, device=dev).to(dtype)
@@ -130,7 +130,7 @@ class Layer:
             self.x, self.out, self.max_rows = randn(batch * h * w, cin), \
                 randn(batch * oh * ow, n), batch * oh * ow
             self.rows_done, dense_in, dense_stride = n_active, (h, w), stride
-        else:  # conv3: compact rows in, residual added, scattered to the output rows
+        else:  # conv3: compact rows in, residual added, scattered; ReLU(residual) elsewhere
             self.x, self.out, self.max_rows = randn(batch * oh * ow, k), \
                 randn(batch * oh * ow, n), batch * oh * ow
             self.res = randn(batch * oh * ow, n)
@@ -160,7 +160,8 @@ class Layer:
         if lay['name'] == 'conv3':
             return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.active,
                                      self.counts[1:], self.max_rows, gather_a=False,
-                                     scatter_out=True, res=self.res, tile=tile, ieee=ieee)
+                                     scatter_out=True, res=self.res, relu_rest=True,
+                                     tile=tile, ieee=ieee)
         return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.needed, self.counts[0:],
                                  self.max_rows, gather_a=True, scatter_out=True, tile=tile,
                                  ieee=ieee)

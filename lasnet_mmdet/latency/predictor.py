@@ -52,6 +52,7 @@ class Schedule:
     with_masker: bool = True       # False when masks are given (pinned), as in benchmarks
     blas_below_rows: int = 0       # CPU: GEMMs of fewer rows run BLAS (efficiency ``blas``)
     dense_block_above: float = 1.0  # run the whole block densely above this active fraction
+    relu_rest_in_conv3: bool = False  # conv3's launch also writes ReLU(residual) off the mask
 
     def replace(self, **kwargs):
         return replace(self, **kwargs)
@@ -62,8 +63,9 @@ SCHEDULES = {
     # window, gather in the conv, scatter + add + ReLU fused, masker fused, BN folded.
     'fused': Schedule(),
     # lasnet_mmdet.ops Triton backend: the same fusions on pixel rows (implicit GEMMs over
-    # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3).
-    'rows': Schedule(patch_tiles=False),
+    # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3,
+    # whose launch also writes ReLU(residual) at the inactive rows).
+    'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True),
     # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, BLAS below ONEDNN_MIN_ROWS rows;
     # fresh outputs), explicit gathers into reused workspace buffers, index_add, ReLU passes,
     # small ops to build the row lists, BN folded everywhere, the masker as avg-pool + 1x1
@@ -326,7 +328,13 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
                         nchw=False))  # channels-last, a fresh tensor: the block's output
         if not schedule.bn_folded:
             ks.append(_eltwise('downsample.bn', dense_out, b))
-    if schedule.fused_scatter:
+    if schedule.relu_rest_in_conv3:
+        # Inside conv3's launch: the residual read and the output written at every row,
+        # through the row list (active rows with conv3's product added).
+        active_out = n_out_rows * cout
+        ks.append(Kernel('residual_relu', bytes=2 * (dense_out - active_out) * b,
+                         gathered_bytes=2 * active_out * b, launches=0))
+    elif schedule.fused_scatter:
         # Read residual + active rows, write the output, ReLU in the same pass.
         ks.append(Kernel('scatter_add_relu', bytes=2 * dense_out * b,
                          gathered_bytes=n_out_rows * cout * b))

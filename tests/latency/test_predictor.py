@@ -59,6 +59,17 @@ def test_tensor_cores_and_fusion_pay():
     assert fused < torch_like
 
 
+def test_rows_schedule_launches_what_the_triton_backend_launches():
+    """Per identity block: the masker, the row lists (counts zeroed, compaction), conv1,
+    conv2 and conv3, whose launch also writes ReLU(residual) off the mask."""
+    from lasnet_mmdet.ops import TRITON_INDEX_OPS
+    kernels = las_kernels(STAGE3, 2, 0.5, 'rows')
+    assert sum(k.launches for k in kernels) == 1 + TRITON_INDEX_OPS + 3
+    residual = next(k for k in kernels if k.name == 'residual_relu')
+    dense_out = 2 * 50 * 76 * 1024 * 4  # read and written once each, fp32
+    assert residual.bytes + residual.gathered_bytes == dense_out
+
+
 def test_patch_schedule_pays_the_halo_at_fine_granularity():
     names = [k.name for k in las_kernels(STAGE3, 1, 0.5, 'fused')]
     assert 'conv1' in names and 'scatter_add_relu' in names

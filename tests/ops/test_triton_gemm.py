@@ -97,6 +97,64 @@ def test_rows_gemm_equals_matmul(gather, scatter, with_res, dtype):
     assert out[untouched].isnan().all()
 
 
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('active', [0, 17, 50])
+def test_rows_gemm_relu_rest_writes_the_whole_output(active, dtype):
+    """conv3's launch: the list holds every row, active first; GEMM + residual + ReLU at the
+    active rows and ReLU(residual) at the others, nothing left unwritten (all or none active
+    too)."""
+    g = torch.Generator().manual_seed(4)
+    total, k, n = 50, 32, 72
+    a = torch.randn(total, k, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(k, n, generator=g) / math.sqrt(k)).to(DEVICE, dtype)
+    bias = torch.randn(n, generator=g).to(DEVICE, dtype)
+    res = torch.randn(total, n, generator=g).to(DEVICE, dtype)
+    rows = torch.randperm(total, generator=g).to(DEVICE, torch.int32)
+    count = torch.tensor([active], dtype=torch.int32, device=DEVICE)
+    out = torch.full((total, n), float('nan'), device=DEVICE, dtype=dtype)
+    rows_gemm(a, w, bias, out, rows, count, total, gather_a=False, scatter_out=True, res=res,
+              relu_rest=True)
+    on, off = rows[:active].long(), rows[active:].long()
+    want = (a[:active].double() @ w.double() + bias.double() + res[on].double()).relu()
+    assert not out.isnan().any()
+    if active:
+        assert _rel_err(out[on], want) < _tol(dtype, True)
+    assert torch.equal(out[off], res[off].relu())
+    with pytest.raises(ValueError, match='relu_rest needs res'):
+        rows_gemm(a, w, bias, out, rows, count, total, False, True, relu_rest=True)
+
+
+@pytest.mark.parametrize('stride,s', [(1, 1), (1, 3), (2, 2)])
+def test_compact_rows_lists_needed_rows_and_partitions_the_output(stride, s):
+    """The needed rows are the dilated mask at conv1's resolution; the output list is every
+    output row once, the active ones (``counts[1]``) first, then the ``counts[2]`` others."""
+    from lasnet_mmdet.ops.geometry import conv_out
+    from lasnet_mmdet.ops.triton.compact import compact_rows
+
+    batch, h, w = 2, 11, 9
+    ho, wo = conv_out(h, stride), conv_out(w, stride)
+    g = torch.Generator().manual_seed(5)
+    coarse = (torch.rand(batch, 1, -(-ho // s), -(-wo // s), generator=g) < 0.4).float()
+    counts = torch.zeros(3, dtype=torch.int32, device=DEVICE)
+    needed = torch.full((batch * h * w, ), -1, dtype=torch.int32, device=DEVICE)
+    rows = torch.full((batch * ho * wo, ), -1, dtype=torch.int32, device=DEVICE)
+    compact_rows(coarse.to(DEVICE), counts, needed, rows, (h, w), (ho, wo), s, stride)
+    n_needed, n_active, n_inactive = counts.tolist()
+
+    fine = coarse.repeat_interleave(s, 2).repeat_interleave(s, 3)[:, :, :ho, :wo]
+    want_active = fine.flatten().nonzero().flatten()
+    # conv1 pixels read by a 3x3, stride-s conv at the active outputs (zero padding 1).
+    reach = F.conv_transpose2d(fine, torch.ones(1, 1, 3, 3), stride=stride, padding=1,
+                               output_padding=(h - 1 - (ho - 1) * stride + 2 - 3 + 1,
+                                               w - 1 - (wo - 1) * stride + 2 - 3 + 1))
+    want_needed = (reach[:, :, :h, :w].flatten() > 0).nonzero().flatten()
+
+    assert n_active + n_inactive == batch * ho * wo
+    assert sorted(rows[:n_active].tolist()) == want_active.tolist()
+    assert sorted(rows.tolist()) == list(range(batch * ho * wo))
+    assert sorted(needed[:n_needed].tolist()) == want_needed.tolist()
+
+
 def test_tile_depends_on_channels_dtype_and_gpu_only(monkeypatch):
     monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     shapes = [(n, k) for n, k in [(64, 64), (64, 256), (256, 64), (128, 512), (512, 128),
@@ -134,7 +192,7 @@ def test_a_new_image_size_compiles_nothing():
             memory_format=torch.channels_last)
         mw, mb = torch.randn(2, c_in, device='cuda'), torch.zeros(2, device='cuda')
         coarse = masker_decision(x, mw.half(), mb.half(), stride * s)
-        counts = torch.zeros(2, dtype=torch.int32, device='cuda')
+        counts = torch.zeros(3, dtype=torch.int32, device='cuda')
         # Lists sliced from one buffer at size-dependent offsets, as a workspace may do.
         lists = torch.empty(batch * (h * w + ho * wo) + 1, dtype=torch.int32, device='cuda')
         needed, active = lists[1:1 + batch * h * w], lists[1 + batch * h * w:]
@@ -149,9 +207,10 @@ def test_a_new_image_size_compiles_nothing():
         conv3x3_rows(mid_map, w2, b[:mid], y2, active, counts[1:], batch * ho * wo, (h, w),
                      (ho, wo), stride)
         res = torch.randn(batch * ho * wo, 4 * mid, device='cuda', dtype=torch.float16)
-        out = res.relu()
+        out = torch.empty_like(res)
         w3 = torch.randn(mid, 4 * mid, device='cuda', dtype=torch.float16)
-        rows_gemm(y2, w3, b, out, active, counts[1:], batch * ho * wo, False, True, res=res)
+        rows_gemm(y2, w3, b, out, active, counts[1:], batch * ho * wo, False, True, res=res,
+                  relu_rest=True)
         cl_to_nchw(out.view(batch, ho, wo, 4 * mid).permute(0, 3, 1, 2))
         torch.cuda.synchronize()
 

@@ -2,10 +2,12 @@
 
 One launch reads the coarse mask and writes two lists of flat channels-last rows with their
 counts: the *needed* conv1 outputs (the 3x3, stride-s receptive field of the active output
-pixels, i.e. the dilated mask, at conv1's resolution) and the *active* output pixels. Each
-program flags a block of pixels, takes a local prefix sum and reserves its slots with one
-atomic add, so the lists come out in no fixed order; every row is computed independently, so
-the result does not depend on it. The counts stay on the device: the GEMM kernels are launched
+pixels, i.e. the dilated mask, at conv1's resolution) and every output pixel, the active ones
+first: active rows fill the output list from the front (``counts[1]`` of them), inactive ones
+from the back (``counts[2]``), so ``list[counts[1]:]`` are exactly the inactive rows (conv3's
+launch writes ReLU(residual) there). Each program flags a block of pixels, takes a local
+prefix sum and reserves its slots with one atomic add, so the rows come out in no fixed
+order; every row is computed independently, so the result does not depend on it. The counts stay on the device: the GEMM kernels are launched
 over the largest possible list and their surplus programs return at once, which keeps the
 backbone capturable in a CUDA graph.
 """
@@ -52,6 +54,15 @@ def _append(list_ptr, count_ptr, offs, flag):
     tl.store(list_ptr + base + slot, offs, mask=flag)
 
 
+@triton.jit
+def _append_back(list_ptr, count_ptr, offs, flag, length):
+    """Like ``_append``, filling ``list[length - 1], list[length - 2], ...``."""
+    f = flag.to(tl.int32)
+    slot = tl.cumsum(f, 0) - 1
+    base = tl.atomic_add(count_ptr, tl.sum(f, 0))
+    tl.store(list_ptr + (length - 1 - base - slot), offs, mask=flag)
+
+
 # Sizes are runtime values (no specialisation): a new image size compiles nothing.
 @triton.jit(do_not_specialize=['B', 'H', 'W', 'Ho', 'Wo', 'h', 'w', 'needed_programs'],
             do_not_specialize_on_alignment=['needed_ptr', 'active_ptr', 'counts_ptr'])
@@ -65,12 +76,15 @@ def compact_rows_kernel(coarse_ptr, needed_ptr, active_ptr, counts_ptr, B, H, W,
         _append(needed_ptr, counts_ptr, offs, flag)
     else:
         offs = (pid - needed_programs) * BLOCK + tl.arange(0, BLOCK)
-        flag = _flag_active(coarse_ptr, offs, B * Ho * Wo, Ho, Wo, h, w, S)
+        total = B * Ho * Wo
+        flag = _flag_active(coarse_ptr, offs, total, Ho, Wo, h, w, S)
         _append(active_ptr, counts_ptr + 1, offs, flag)
+        _append_back(active_ptr, counts_ptr + 2, offs, (offs < total) & (flag == 0), total)
 
 
 def compact_rows(coarse, counts, needed, active, in_hw, out_hw, granularity, stride):
-    """Fill ``needed``/``active`` (int32) and ``counts[0:2]`` (zeroed int32) from ``coarse``."""
+    """Fill ``needed`` and ``active`` (int32; ``active`` holds every output row, the active
+    ones first) and ``counts[0:3]`` (zeroed int32: needed, active, inactive) from ``coarse``."""
     batch, _, h, w = coarse.shape
     block = 1024
     needed_programs = triton.cdiv(needed.numel(), block)

@@ -10,7 +10,9 @@ matches the dense one to 1e-4), else TF32 as cuDNN's convs do under ``allow_tf32
 
 * ``rows_gemm_kernel``: ``out[dst] = relu(A[src] @ W + bias (+ res[dst]))``: conv1 (gather
   the needed input rows, scatter into the conv1 map) and conv3 (read the compact conv2 rows,
-  scatter into the output, fused with the residual add and the ReLU).
+  scatter into the output, fused with the residual add and the ReLU). With ``RELU_REST``
+  (conv3) the row list holds every output row, the active ones first, and the programs past
+  the active rows' tiles write ``relu(res)`` at the others: the block's output in one launch.
 * ``conv3x3_rows_kernel``: conv2 for the active output rows, one K loop over the nine taps x
   the input channels (a single loop, so loads are software-pipelined across taps too); each
   tap is gathered from the conv1 map (zero outside the image, exactly the dense zero padding),
@@ -147,23 +149,44 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
     return tl.dot(a, b, acc)
 
 
-@triton.jit(do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
+@triton.jit
+def _relu_rows(res_ptr, out_ptr, rows_ptr, start, stop, offs_n, n_ok, N,
+               BLOCK_M: tl.constexpr):
+    """``out[r] = relu(res[r])`` for the rows ``rows[start:stop]`` (at most BLOCK_M)."""
+    offs = start + tl.arange(0, BLOCK_M)
+    ok = offs < stop
+    rows = tl.load(rows_ptr + offs, mask=ok, other=0).to(tl.int64)
+    offs_2d = rows[:, None] * N + offs_n[None, :]
+    mask = ok[:, None] & n_ok[None, :]
+    x = tl.load(res_ptr + offs_2d, mask=mask, other=0.0)
+    tl.store(out_ptr + offs_2d, tl.maximum(x, 0.0), mask=mask)
+
+
+@triton.jit(do_not_specialize=['total_rows'],
+            do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
 def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_ptr, N, K,
-                     GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr,
-                     HAS_RES: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     total_rows, GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr,
+                     HAS_RES: tl.constexpr, RELU_REST: tl.constexpr, IEEE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     count = tl.load(count_ptr)
-    if pid_m * BLOCK_M >= count:
-        return  # beyond this forward's list: an inactive part of the grid
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    gemm_tiles = tl.cdiv(count, BLOCK_M)
+    if pid_m >= gemm_tiles:
+        # Past this forward's list: idle, or with RELU_REST the list's other rows.
+        if RELU_REST:
+            start = count + (pid_m - gemm_tiles) * BLOCK_M
+            if start < total_rows:
+                _relu_rows(res_ptr, out_ptr, rows_ptr, start,
+                           tl.minimum(start + BLOCK_M, total_rows), offs_n, n_ok, N, BLOCK_M)
+        return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < count
     rows = tl.load(rows_ptr + offs_m, mask=m_ok, other=0).to(tl.int64)
     src = rows if GATHER_A else offs_m.to(tl.int64)
     dst = rows if SCATTER_OUT else offs_m.to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -238,7 +261,7 @@ def _ieee(dtype, ieee):
 
 
 def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res=None,
-              ieee=None, tile=None):
+              relu_rest=False, ieee=None, tile=None):
     """``out[dst] = relu(a[src] @ w + bias (+ res[dst]))`` for the first ``count`` list rows.
 
     Args:
@@ -249,16 +272,22 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
         rows (Tensor): int32 row list; ``count``: a one-element int32 device tensor, its length.
         max_rows (int): The largest ``count`` can be (sizes the grid, never a compile key).
         res (Tensor | None): Added before the ReLU, read at the output rows (not ``out``).
+        relu_rest (bool): ``rows`` holds ``max_rows`` rows (the whole output); the rows past
+            ``count`` get ``out = relu(res)`` in the same launch (needs ``res``).
         ieee (bool | None): fp32 only: IEEE products (True, the default) or TF32 (False).
         tile (Tile | None): Override of ``tile_config`` (benchmarks, tuning).
     """
+    if relu_rest and res is None:
+        raise ValueError('relu_rest needs res')
     k, n = w.shape
     t = tile or tile_config('gemm', n, k, a.dtype, a.device)
-    grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n))
+    # With relu_rest the two parts of the list each end in a partial tile: one tile more.
+    m_tiles = triton.cdiv(max_rows, t.block_m) + int(relu_rest)
+    grid = (m_tiles, triton.cdiv(n, t.block_n))
     rows_gemm_kernel[grid](
-        a, w, bias, out if res is None else res, out, rows, count, n, k,
+        a, w, bias, out if res is None else res, out, rows, count, n, k, max_rows,
         GATHER_A=gather_a, SCATTER_OUT=scatter_out, HAS_RES=res is not None,
-        IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+        RELU_REST=relu_rest, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
         num_warps=t.num_warps, num_stages=t.num_stages)
 
 

@@ -4,8 +4,8 @@
     rows_gemm (conv1)   gather needed input rows, GEMM, BN bias, ReLU -> conv1 map rows
     conv3x3_rows        gather the 9 taps of active rows from the conv1 map -> compact rows
     residual            identity, or the downsample conv with its BN folded (cuDNN)
-    rows_gemm (conv3)   compact rows GEMM + bias + residual, ReLU -> scattered output rows
-Inactive output rows are ReLU(residual): one elementwise ReLU writes the whole output first.
+    rows_gemm (conv3)   compact rows GEMM + bias + residual, ReLU -> scattered output rows;
+                        the same launch writes ReLU(residual) at the inactive rows
 """
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
     x = x.contiguous(memory_format=torch.channels_last)
     in_rows, out_rows = batch * in_h * in_w, batch * out_h * out_w
 
-    counts = torch.zeros(2, dtype=torch.int32, device=x.device)
+    counts = torch.zeros(3, dtype=torch.int32, device=x.device)
     needed = torch.empty(in_rows, dtype=torch.int32, device=x.device)
     active = torch.empty(out_rows, dtype=torch.int32, device=x.device)
     compact_rows(coarse.contiguous(), counts, needed, active, (in_h, in_w), (out_h, out_w),
@@ -43,7 +43,7 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
     else:
         res = F.conv2d(x, f.ds_weight, f.ds_bias, f.ds_stride).contiguous(
             memory_format=torch.channels_last)
-    out = torch.relu(res)
+    out = torch.empty_like(res, memory_format=torch.channels_last)
     rows_gemm(y2, f.w3, f.b3, out, active, counts[1:], out_rows, gather_a=False,
-              scatter_out=True, res=res, ieee=ieee)
+              scatter_out=True, res=res, relu_rest=True, ieee=ieee)
     return out
