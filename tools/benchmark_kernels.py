@@ -114,9 +114,7 @@ class Layer:
         ch, cw = -(-oh // s), -(-ow // s)
         order = torch.rand(batch, ch * cw, generator=g, device=dev).argsort(dim=1).argsort(dim=1)
         coarse = (order < round(rate * ch * cw)).to(dtype).view(batch, 1, ch, cw)
-        from lasnet_mmdet.ops.triton.gemm import sm_count
         self.counts = torch.zeros(3, dtype=torch.int32, device=dev)
-        self.sems = torch.zeros(sm_count(torch.device(dev)), dtype=torch.int32, device=dev)
         self.needed = torch.empty(batch * h * w, dtype=torch.int32, device=dev)
         self.active = torch.empty(batch * oh * ow, dtype=torch.int32, device=dev)
         compact_rows(coarse, self.counts, self.needed, self.active, (h, w), (oh, ow), s, stride)
@@ -158,16 +156,15 @@ class Layer:
         if lay['kernel'] == 'conv3x3':
             return lambda: conv3x3_rows(self.x, self.w, self.b, self.out, self.active,
                                         self.counts[1:], self.max_rows, lay['in_hw'],
-                                        lay['out_hw'], lay['stride'], sems=self.sems,
-                                        tile=tile, ieee=ieee)
+                                        lay['out_hw'], lay['stride'], tile=tile, ieee=ieee)
         if lay['name'] == 'conv3':
             return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.active,
                                      self.counts[1:], self.max_rows, gather_a=False,
                                      scatter_out=True, res=self.res, relu_rest=True,
                                      tile=tile, ieee=ieee)
         return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.needed, self.counts[0:],
-                                 self.max_rows, gather_a=True, scatter_out=True, sems=self.sems,
-                                 tile=tile, ieee=ieee)
+                                 self.max_rows, gather_a=True, scatter_out=True, tile=tile,
+                                 ieee=ieee)
 
     def dense(self):
         return lambda: F.conv2d(self.dense_x, self.dense_w, self.b, self.dense_stride,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 from ..ops.geometry import coarse_grid_size, conv_out
 from ..ops.torch_backend import DENSE_BLOCK_ABOVE, DENSE_CONV1_ABOVE, INDEX_OPS, ONEDNN_MIN_ROWS
-from ..ops import TRITON_INDEX_OPS, triton_max_split
+from ..ops import TRITON_INDEX_OPS
 from .hardware import DTYPE_BYTES, load_profile
 
 # Cost of each GPU wave of tiles after the first, relative to the first (H100, Triton GEMMs
@@ -53,7 +53,6 @@ class Schedule:
     blas_below_rows: int = 0       # CPU: GEMMs of fewer rows run BLAS (efficiency ``blas``)
     dense_block_above: float = 1.0  # run the whole block densely above this active fraction
     relu_rest_in_conv3: bool = False  # conv3's launch also writes ReLU(residual) off the mask
-    split_k: bool = False          # conv1/conv2 split K while their tiles leave SMs idle
 
     def replace(self, **kwargs):
         return replace(self, **kwargs)
@@ -65,8 +64,8 @@ SCHEDULES = {
     'fused': Schedule(),
     # lasnet_mmdet.ops Triton backend: the same fusions on pixel rows (implicit GEMMs over
     # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3,
-    # whose launch also writes ReLU(residual) at the inactive rows; conv1/conv2 split K).
-    'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True, split_k=True),
+    # whose launch also writes ReLU(residual) at the inactive rows).
+    'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True),
     # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, BLAS below ONEDNN_MIN_ROWS rows;
     # fresh outputs), explicit gathers into reused workspace buffers, index_add, ReLU passes,
     # small ops to build the row lists, BN folded everywhere, the masker as avg-pool + 1x1
@@ -137,7 +136,6 @@ class Kernel:
     window_bytes: float = 0.0   # CPU: a pooling window's reads (9 per output)
     launches: int = 1           # ops it stands for (each pays the launch cost)
     blas: bool = False          # CPU: a BLAS GEMM (efficiency ``blas`` x ``compute``)
-    max_split: int = 1          # GPU: K split across up to this many programs per tile
 
     @property
     def is_gemm(self):
@@ -164,25 +162,19 @@ def _gemm_compute_s(kernel, profile, dtype):
         return 2.0 * M * N * K / (peak * _shape_efficiency(profile, (M, N, K)))
     # On a GPU, M and N enter through the (padded) tiles; a short K still costs pipeline
     # fill per tile.
+    per_sm = peak * _shape_efficiency(profile, (K, )) / profile.sms
     onchip = profile.onchip_gbps * 1e9
     nbytes = DTYPE_BYTES[dtype]
     best = math.inf
     for tm in (profile.tile // 2, profile.tile):
         for tn in (profile.tile // 2, profile.tile):
             tiles = math.ceil(M / tm) * math.ceil(N / tn)
-            # Split-K as the kernels decide it: enough splits to give every SM a program.
-            splits = min(kernel.max_split, max(1, profile.sms // tiles))
-            k = K / splits
-            per_sm = peak * _shape_efficiency(profile, (k, )) / profile.sms
             # Wave quantisation, softened: tiles that share an SM overlap each other's memory
             # latency, so each wave after the first costs a fraction of the first.
-            waves = 1 + (math.ceil(tiles * splits / profile.sms) - 1) * LATER_WAVE_COST
-            t_comp = waves * 2.0 * tm * tn * k / per_sm
-            # Every N-tile re-reads its A rows and every M-tile its B columns from L2; split
-            # tiles write and read back fp32 partials.
+            waves = 1 + (math.ceil(tiles / profile.sms) - 1) * LATER_WAVE_COST
+            t_comp = waves * 2.0 * tm * tn * K / per_sm
+            # Every N-tile re-reads its A rows and every M-tile its B columns from L2.
             t_l2 = (M * K * math.ceil(N / tn) + K * N * math.ceil(M / tm)) * nbytes / onchip
-            if splits > 1:
-                t_l2 += 2 * splits * tiles * tm * tn * 4 / onchip
             best = min(best, max(t_comp, t_l2))
     return best
 
@@ -355,21 +347,12 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
     return ks
 
 
-# K step of the Triton GEMMs, for their split-K rule (16-bit tiles: 64; fp32 halves it).
-SPLIT_K_STEP = 64
-
-
-def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None, split=False):
+def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None):
     """A conv GEMM (+ its BN / ReLU passes when the schedule does not fuse them)."""
-    splits = 1
-    if split and schedule.split_k:
-        step = SPLIT_K_STEP if b <= 2 else SPLIT_K_STEP // 2
-        splits = triton_max_split(math.ceil(K / step))
     ks = [Kernel(name, M if m_pad is None else m_pad, N, K,
                  bytes=(M * N + N * K + (0 if gathered else in_elems)) * b,
                  gathered_bytes=in_elems * b if gathered else 0.0,
-                 alloc_bytes=_fresh(M * N * b), blas=M < schedule.blas_below_rows,
-                 max_split=splits)]
+                 alloc_bytes=_fresh(M * N * b), blas=M < schedule.blas_below_rows)]
     if not schedule.bn_folded:
         ks.append(_eltwise(name + '.bn', M * N, b, fresh=True))
     if not schedule.epilogue_fused:
@@ -401,15 +384,14 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
     if n1 > schedule.dense_conv1_above * in_px:
         ks += _gemm('conv1', in_px, mid, cin, in_px * cin, schedule, b)
     elif schedule.gather_in_conv:
-        ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b, gathered=True, split=True)
+        ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b, gathered=True)
     else:
         ks.append(Kernel('gather1', bytes=n1 * cin * b, gathered_bytes=n1 * cin * b))
         ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b)
         ks.append(Kernel('scatter1', bytes=n1 * mid * b, gathered_bytes=n1 * mid * b))
     if schedule.gather_in_conv:
         # Implicit GEMM: the nine taps' re-reads hit on-chip memory; DRAM sees conv1's rows.
-        ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True,
-                    split=True)
+        ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True)
     else:
         ks.append(Kernel('gather2', bytes=9 * n2 * mid * b, gathered_bytes=9 * n2 * mid * b))
         ks += _gemm('conv2', n2, mid, 9 * mid, 9 * n2 * mid, schedule, b)

@@ -29,21 +29,10 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # then ``compact_rows``); the latency predictor reads it. Kept here: importing it must not
 # need triton.
 TRITON_INDEX_OPS = 2
-# Split-K of the Triton GEMMs (``triton/gemm.py``): at most this many splits, each keeping at
-# least this many K steps; also read by the latency predictor.
-TRITON_MAX_SPLIT = 8
-TRITON_SPLIT_MIN_STEPS = 8
 
-
-def triton_max_split(k_steps):
-    """The most splits a Triton GEMM of ``k_steps`` K steps may use (channels only)."""
-    return max(1, min(TRITON_MAX_SPLIT, k_steps // TRITON_SPLIT_MIN_STEPS))
-
-
-__all__ = ['BACKENDS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS', 'TRITON_MAX_SPLIT',
-           'TRITON_SPLIT_MIN_STEPS', 'WEIGHT_LAYOUTS', 'FoldedBottleneck', 'fold_bottleneck',
-           'fold_conv', 'is_foldable_downsample', 'resolve_backend', 'sparse_bottleneck',
-           'triton_available', 'triton_interpreting', 'triton_max_split']
+__all__ = ['BACKENDS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS', 'WEIGHT_LAYOUTS', 'FoldedBottleneck',
+           'fold_bottleneck', 'fold_conv', 'is_foldable_downsample', 'resolve_backend',
+           'sparse_bottleneck', 'triton_available', 'triton_interpreting']
 
 
 def triton_available():

@@ -124,42 +124,6 @@ def test_rows_gemm_relu_rest_writes_the_whole_output(active, dtype):
         rows_gemm(a, w, bias, out, rows, count, total, False, True, relu_rest=True)
 
 
-@pytest.mark.parametrize('split', [2, 3, 5])
-@pytest.mark.parametrize('kernel', ['gemm', 'conv3x3'])
-def test_split_k_equals_one_split_and_leaves_the_tickets_zeroed(kernel, split):
-    """Few rows (SMs left idle): K split across ``split`` programs per tile, the partials added
-    by the last; the same result as one split, the same bits on every call, tickets zeroed."""
-    from lasnet_mmdet.ops.triton.gemm import sm_count
-    g = torch.Generator().manual_seed(6)
-    dtype = torch.float16 if CUDA else torch.float32
-    c, n, h, w = 40, 24, 5, 6
-    total = h * w
-    x = torch.randn(total, c, generator=g).to(DEVICE, dtype)
-    rows = _row_list(total, 0.5, seed=7)
-    count = torch.tensor([rows.numel()], dtype=torch.int32, device=DEVICE)
-    sems = torch.zeros(sm_count(torch.device(DEVICE)), dtype=torch.int32, device=DEVICE)
-    k = 9 * c if kernel == 'conv3x3' else c
-    wt = (torch.randn(k, n, generator=g) / math.sqrt(k)).to(DEVICE, dtype)
-    bias = torch.randn(n, generator=g).to(DEVICE, dtype)
-
-    def run(**kw):
-        out = torch.full((total, n), float('nan'), device=DEVICE, dtype=dtype)
-        if kernel == 'conv3x3':
-            conv3x3_rows(x, wt, bias, out, rows, count, total, (h, w), (h, w), 1, **kw)
-        else:
-            rows_gemm(x, wt, bias, out, rows, count, total, True, True, **kw)
-        return out
-
-    one = run()
-    got = run(sems=sems, split=split)
-    assert torch.equal(got.isnan(), one.isnan())
-    assert _rel_err(got.nan_to_num(), one.nan_to_num()) < _tol(dtype, True)
-    assert torch.equal(run(sems=sems, split=split).nan_to_num(), got.nan_to_num())
-    assert not sems.any()
-    with pytest.raises(ValueError, match='sems'):
-        run(sems=sems[:1], split=split)
-
-
 @pytest.mark.parametrize('stride,s', [(1, 1), (1, 3), (2, 2)])
 def test_compact_rows_lists_needed_rows_and_partitions_the_output(stride, s):
     """The needed rows are the dilated mask at conv1's resolution; the output list is every

@@ -18,16 +18,6 @@ matches the dense one to 1e-4), else TF32 as cuDNN's convs do under ``allow_tf32
   tap is gathered from the conv1 map (zero outside the image, exactly the dense zero padding),
   output written compact.
 
-Split-K (batch 1): a program's K loop is serial, so a conv with few row tiles takes about
-as long as its K loop however few rows it has (stage 3's conv2: 36 steps of 64; stage 4's:
-72). Both kernels split K across up to ``max_split`` programs per output tile, decided on the
-device from this forward's row count (as many splits as leave the SMs busy, never more than
-``max_split``, which the launcher sets from K alone: every split keeps at least
-``TRITON_SPLIT_MIN_STEPS`` K steps). Each split stores its fp32 partial tile; the last to take the
-tile's ticket (one atomic) adds them in split order and alone runs the epilogue, so the
-result does not depend on which split came last, and no other launch is needed. With many
-rows (batch 8) one split runs and the kernels are as before.
-
 Tile configs (no autotuning): ``tile_config`` picks (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 from the kernel, N, K, the dtype and the GPU's compute capability, from a table measured once
 per GPU architecture (``tools/benchmark_kernels.py --tune``), so a kernel variant compiles
@@ -46,8 +36,6 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-
-from .. import triton_max_split
 
 
 class Tile(NamedTuple):
@@ -162,39 +150,6 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _num_splits(tiles, sms, MAX_SPLIT: tl.constexpr):
-    """Splits per output tile: enough to give every SM a program, at most MAX_SPLIT."""
-    return tl.minimum(tl.maximum(sms // tiles, 1), MAX_SPLIT)
-
-
-@triton.jit
-def _k_range(steps, pid_k, splits):
-    per = tl.cdiv(steps, splits)
-    lo = pid_k * per
-    return lo, tl.minimum(lo + per, steps)
-
-
-@triton.jit
-def _split_k_sum(acc, part_ptr, sem_ptr, tile, pid_k, splits, sms, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr):
-    """Serial split-K: store this split's partial, take the tile's ticket; the last split
-    returns the sum of all partials (in split order) and ``True``, the others ``False``."""
-    offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    size = BLOCK_M * BLOCK_N
-    tl.store(part_ptr + (pid_k * sms + tile).to(tl.int64) * size + offs, acc)
-    tl.debug_barrier()  # the whole partial is written before the ticket is taken
-    ticket = tl.atomic_add(sem_ptr + tile, 1, sem='acq_rel')
-    last = ticket == splits - 1
-    if last:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for s in range(0, splits):
-            acc += tl.load(part_ptr + (s * sms + tile).to(tl.int64) * size + offs,
-                           cache_modifier='.cg')  # other SMs' writes: read from L2
-        tl.atomic_xchg(sem_ptr + tile, 0)  # the tickets are zero again for the next call
-    return acc, last
-
-
-@triton.jit
 def _relu_rows(res_ptr, out_ptr, rows_ptr, start, stop, offs_n, n_ok, N,
                BLOCK_M: tl.constexpr):
     """``out[r] = relu(res[r])`` for the rows ``rows[start:stop]`` (at most BLOCK_M)."""
@@ -207,16 +162,14 @@ def _relu_rows(res_ptr, out_ptr, rows_ptr, start, stop, offs_n, n_ok, N,
     tl.store(out_ptr + offs_2d, tl.maximum(x, 0.0), mask=mask)
 
 
-@triton.jit(do_not_specialize=['total_rows', 'sms'],
-            do_not_specialize_on_alignment=['rows_ptr', 'count_ptr', 'sem_ptr'])
-def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_ptr, part_ptr,
-                     sem_ptr, N, K, total_rows, sms, GATHER_A: tl.constexpr,
-                     SCATTER_OUT: tl.constexpr, HAS_RES: tl.constexpr, RELU_REST: tl.constexpr,
-                     MAX_SPLIT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+@triton.jit(do_not_specialize=['total_rows'],
+            do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
+def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_ptr, N, K,
+                     total_rows, GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr,
+                     HAS_RES: tl.constexpr, RELU_REST: tl.constexpr, IEEE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
     count = tl.load(count_ptr)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
@@ -229,9 +182,6 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_p
                 _relu_rows(res_ptr, out_ptr, rows_ptr, start,
                            tl.minimum(start + BLOCK_M, total_rows), offs_n, n_ok, N, BLOCK_M)
         return
-    splits = _num_splits(gemm_tiles * tl.num_programs(1), sms, MAX_SPLIT)
-    if pid_k >= splits:
-        return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < count
     rows = tl.load(rows_ptr + offs_m, mask=m_ok, other=0).to(tl.int64)
@@ -239,20 +189,14 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_p
     dst = rows if SCATTER_OUT else offs_m.to(tl.int64)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_lo, k_hi = _k_range(tl.cdiv(K, BLOCK_K), pid_k, splits)
-    for kt in range(k_lo, k_hi):
-        offs_k = kt * BLOCK_K + tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
         a = tl.load(a_ptr + src[:, None] * K + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :],
                     other=0.0)
         b = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, IEEE)
-    if MAX_SPLIT > 1:
-        if splits > 1:
-            acc, last = _split_k_sum(acc, part_ptr, sem_ptr, pid_m * tl.num_programs(1) + pid_n,
-                                     pid_k, splits, sms, BLOCK_M, BLOCK_N)
-            m_ok = offs_m < tl.where(last, count, 0)  # only the last split writes
 
     acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_offs = dst[:, None] * N + offs_n[None, :]
@@ -263,21 +207,15 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_p
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=['H', 'W', 'Ho', 'Wo', 'sms'],
-            do_not_specialize_on_alignment=['rows_ptr', 'count_ptr', 'sem_ptr'])
-def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, part_ptr, sem_ptr,
-                        C, N, H, W, Ho, Wo, sms, STRIDE: tl.constexpr, MAX_SPLIT: tl.constexpr,
-                        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
+@triton.jit(do_not_specialize=['H', 'W', 'Ho', 'Wo'],
+            do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
+def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C, N, H, W, Ho,
+                        Wo, STRIDE: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
     count = tl.load(count_ptr)
-    gemm_tiles = tl.cdiv(count, BLOCK_M)
-    if pid_m >= gemm_tiles:
-        return
-    splits = _num_splits(gemm_tiles * tl.num_programs(1), sms, MAX_SPLIT)
-    if pid_k >= splits:
+    if pid_m * BLOCK_M >= count:
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < count
@@ -293,8 +231,7 @@ def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, pa
     # One loop over (tap, channel block): the pipeliner prefetches across taps as well.
     k_tiles = tl.cdiv(C, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_lo, k_hi = _k_range(9 * k_tiles, pid_k, splits)
-    for it in range(k_lo, k_hi):
+    for it in range(0, 9 * k_tiles):
         tap = it // k_tiles
         c0 = (it - tap * k_tiles) * BLOCK_K
         dy = tap // 3
@@ -310,11 +247,6 @@ def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, pa
         wb = tl.load(w_ptr + (tap * C + offs_c)[:, None] * N + offs_n[None, :],
                      mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, wb, acc, IEEE)
-    if MAX_SPLIT > 1:
-        if splits > 1:
-            acc, last = _split_k_sum(acc, part_ptr, sem_ptr, pid_m * tl.num_programs(1) + pid_n,
-                                     pid_k, splits, sms, BLOCK_M, BLOCK_N)
-            m_ok = offs_m < tl.where(last, count, 0)  # only the last split writes
 
     acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc = tl.maximum(acc, 0.0)
@@ -323,42 +255,13 @@ def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, pa
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-def max_split(k_steps, override=None):
-    """The most splits a kernel of ``k_steps`` K steps may use (channels only, never rows)."""
-    return triton_max_split(k_steps) if override is None else int(override)
-
-
-@functools.lru_cache(maxsize=None)
-def sm_count(device):
-    if device.type != 'cuda':
-        return 16  # the interpreter: a few "SMs", so that tests' small lists split
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def split_k_buffers(splits, sems, tile, count):
-    """The SM count, the fp32 partial tiles of a split-K launch and its tickets (``sems``: a
-    zeroed int32 tensor of at least the SM count, left zeroed by the kernels); without a
-    split, ``count`` stands in for both (never read)."""
-    device = count.device
-    sms = sm_count(torch.device(device))
-    if splits == 1:
-        return sms, count, count
-    if sems is None or sems.numel() < sms or sems.dtype != torch.int32:
-        raise ValueError(f'split-K needs a zeroed int32 sems tensor of at least {sms} '
-                         f'entries, got {None if sems is None else (sems.dtype, sems.numel())}')
-    # Tiles split only while there are fewer than ``sms`` of them: ``sms`` slots per split.
-    part = torch.empty(splits * sms * tile.block_m * tile.block_n, dtype=torch.float32,
-                       device=device)
-    return sms, part, sems
-
-
 def _ieee(dtype, ieee):
     """IEEE fp32 products: as asked (default: yes), and only where it changes anything."""
     return dtype == torch.float32 and (True if ieee is None else bool(ieee))
 
 
 def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res=None,
-              relu_rest=False, sems=None, ieee=None, tile=None, split=None):
+              relu_rest=False, ieee=None, tile=None):
     """``out[dst] = relu(a[src] @ w + bias (+ res[dst]))`` for the first ``count`` list rows.
 
     Args:
@@ -371,39 +274,31 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
         res (Tensor | None): Added before the ReLU, read at the output rows (not ``out``).
         relu_rest (bool): ``rows`` holds ``max_rows`` rows (the whole output); the rows past
             ``count`` get ``out = relu(res)`` in the same launch (needs ``res``).
-        sems (Tensor | None): Zeroed int32 tickets (at least one per SM) for split-K; without
-            them K is not split.
         ieee (bool | None): fp32 only: IEEE products (True, the default) or TF32 (False).
         tile (Tile | None): Override of ``tile_config`` (benchmarks, tuning).
-        split (int | None): Override of the most splits of K (``max_split``).
     """
     if relu_rest and res is None:
         raise ValueError('relu_rest needs res')
     k, n = w.shape
     t = tile or tile_config('gemm', n, k, a.dtype, a.device)
-    # relu_rest's extra programs index the rows, not K: no split there.
-    splits = 1 if relu_rest or sems is None else max_split(triton.cdiv(k, t.block_k), split)
-    sms, part, sems = split_k_buffers(splits, sems, t, count)
     # With relu_rest the two parts of the list each end in a partial tile: one tile more.
     m_tiles = triton.cdiv(max_rows, t.block_m) + int(relu_rest)
-    grid = (m_tiles, triton.cdiv(n, t.block_n), splits)
+    grid = (m_tiles, triton.cdiv(n, t.block_n))
     rows_gemm_kernel[grid](
-        a, w, bias, out if res is None else res, out, rows, count, part, sems, n, k, max_rows,
-        sms, GATHER_A=gather_a, SCATTER_OUT=scatter_out, HAS_RES=res is not None,
-        RELU_REST=relu_rest, MAX_SPLIT=splits, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+        a, w, bias, out if res is None else res, out, rows, count, n, k, max_rows,
+        GATHER_A=gather_a, SCATTER_OUT=scatter_out, HAS_RES=res is not None,
+        RELU_REST=relu_rest, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
         num_warps=t.num_warps, num_stages=t.num_stages)
 
 
-def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, sems=None,
-                 ieee=None, tile=None, split=None):
+def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, ieee=None,
+                 tile=None):
     """``out[m] = relu(conv3x3(x)[rows[m]] + bias)`` (x: channels-last rows of the conv1 map,
     ``w``: ``(9 * C, N)`` with K ordered (dy, dx, c); other args as ``rows_gemm``)."""
     c, n = w.shape[0] // 9, w.shape[1]
     t = tile or tile_config('conv3x3', n, w.shape[0], x.dtype, x.device)
-    splits = 1 if sems is None else max_split(9 * triton.cdiv(c, t.block_k), split)
-    sms, part, sems = split_k_buffers(splits, sems, t, count)
-    grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n), splits)
+    grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n))
     conv3x3_rows_kernel[grid](
-        x, w, bias, out, rows, count, part, sems, c, n, *in_hw, *out_hw, sms, STRIDE=stride,
-        MAX_SPLIT=splits, IEEE=_ieee(x.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+        x, w, bias, out, rows, count, c, n, *in_hw, *out_hw, STRIDE=stride,
+        IEEE=_ieee(x.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
         num_warps=t.num_warps, num_stages=t.num_stages)

@@ -3,7 +3,6 @@
     compact_rows        coarse mask -> needed conv1 rows, active output rows (+ counts)
     rows_gemm (conv1)   gather needed input rows, GEMM, BN bias, ReLU -> conv1 map rows
     conv3x3_rows        gather the 9 taps of active rows from the conv1 map -> compact rows
-                        (both split K across programs when few rows leave SMs idle)
     residual            identity, or the downsample conv with its BN folded (cuDNN)
     rows_gemm (conv3)   compact rows GEMM + bias + residual, ReLU -> scattered output rows;
                         the same launch writes ReLU(residual) at the inactive rows
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 
 from ..geometry import conv_out
 from .compact import compact_rows
-from .gemm import conv3x3_rows, rows_gemm, sm_count
+from .gemm import conv3x3_rows, rows_gemm
 
 
 def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
@@ -27,10 +26,7 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
     x = x.contiguous(memory_format=torch.channels_last)
     in_rows, out_rows = batch * in_h * in_w, batch * out_h * out_w
 
-    # One zeroed buffer: the three row counts, then the split-K tickets of conv1 and conv2
-    # (each launch leaves its tickets zeroed, so they share them).
-    zeroed = torch.zeros(3 + sm_count(x.device), dtype=torch.int32, device=x.device)
-    counts, sems = zeroed[:3], zeroed[3:]
+    counts = torch.zeros(3, dtype=torch.int32, device=x.device)
     needed = torch.empty(in_rows, dtype=torch.int32, device=x.device)
     active = torch.empty(out_rows, dtype=torch.int32, device=x.device)
     compact_rows(coarse.contiguous(), counts, needed, active, (in_h, in_w), (out_h, out_w),
@@ -38,10 +34,10 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
 
     mid = x.new_empty(in_rows, mid_c)  # rows outside the needed list are never read
     rows_gemm(x, f.w1, f.b1, mid, needed, counts[0:], in_rows, gather_a=True,
-              scatter_out=True, sems=sems, ieee=ieee)
+              scatter_out=True, ieee=ieee)
     y2 = x.new_empty(out_rows, mid_c)
     conv3x3_rows(mid, f.w2, f.b2, y2, active, counts[1:], out_rows, (in_h, in_w),
-                 (out_h, out_w), stride, sems=sems, ieee=ieee)
+                 (out_h, out_w), stride, ieee=ieee)
     if f.ds_weight is None:
         res = x
     else:
