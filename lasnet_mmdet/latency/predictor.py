@@ -309,7 +309,9 @@ def _masker_and_indices(shape, granularity, schedule, b, index_bytes, index_ops)
     ks = []
     if schedule.with_masker:
         if schedule.masker_fused:
-            ks.append(Kernel('masker', bytes=shape.batch * shape.cells(granularity) * 2 * b))
+            # One pass over x (pooled in registers), two logits per cell written.
+            ks.append(Kernel('masker', bytes=(in_px * shape.in_channels
+                                              + shape.batch * shape.cells(granularity) * 2) * b))
         else:
             # Average pooling over x, then a 1x1 conv to two logits per cell.
             ks.append(Kernel('masker', bytes=in_px * shape.in_channels * b, launches=2))
