@@ -10,7 +10,9 @@ with the tile ``tile_config`` picks, and the dense conv of the same layer on the
 with cuDNN (channels-last, BN folded into a bias, ``cudnn.benchmark``); both as the median of
 CUDA-graph replays (``triton.testing.do_bench_cudagraph``: no launch gaps, as in the graphed
 backbone). TFLOP/s = 2 x MACs done / time: the sparse kernel's MACs are its rows
-x K x N, the dense conv's all pixels x K x N. Per stage: the stage's blocks (3, 4, 23, 3) summed.
+x K x N, the dense conv's all pixels x K x N (conv3's launch also writes ReLU(residual) at the
+inactive rows, as in the backbone: its time includes that memory work). Per stage: the stage's
+blocks (3, 4, 23, 3) summed.
 
 ``--tune`` also times every candidate tile (``CANDIDATES``) on every layer and every batch,
 picks per (kernel, N, K) the tile with the smallest geometric mean of time / best time over

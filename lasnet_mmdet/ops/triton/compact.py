@@ -7,9 +7,9 @@ first: active rows fill the output list from the front (``counts[1]`` of them), 
 from the back (``counts[2]``), so ``list[counts[1]:]`` are exactly the inactive rows (conv3's
 launch writes ReLU(residual) there). Each program flags a block of pixels, takes a local
 prefix sum and reserves its slots with one atomic add, so the rows come out in no fixed
-order; every row is computed independently, so the result does not depend on it. The counts stay on the device: the GEMM kernels are launched
-over the largest possible list and their surplus programs return at once, which keeps the
-backbone capturable in a CUDA graph.
+order; every row is computed independently, so the result does not depend on it. The counts
+stay on the device: the GEMM kernels are launched over the largest possible list and their
+surplus programs return at once, which keeps the backbone capturable in a CUDA graph.
 """
 import triton
 import triton.language as tl

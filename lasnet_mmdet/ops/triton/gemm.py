@@ -287,8 +287,8 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
     rows_gemm_kernel[grid](
         a, w, bias, out if res is None else res, out, rows, count, n, k, max_rows,
         GATHER_A=gather_a, SCATTER_OUT=scatter_out, HAS_RES=res is not None,
-        RELU_REST=relu_rest, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        num_warps=t.num_warps, num_stages=t.num_stages)
+        RELU_REST=relu_rest, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages)
 
 
 def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, ieee=None,
