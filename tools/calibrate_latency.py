@@ -10,16 +10,20 @@ profile and prints predicted vs measured for each benchmark.
 """
 import argparse
 import json
+import os.path as osp
 import sys
 from dataclasses import replace
 
 import torch
 
-from lasnet_mmdet.latency import measure
-from lasnet_mmdet.latency.calibrate import (calibrate, fit_benchmarks, fit_efficiency,
-                                            load_measurements, save_measurements)
-from lasnet_mmdet.latency.hardware import ProfileError, load_profile
-from lasnet_mmdet.latency.predictor import SCHEDULES, kernels_time
+# lasnet_mmdet from a checkout (e.g. on a GPU machine where it is not installed)
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from lasnet_mmdet.latency import measure  # noqa: E402
+from lasnet_mmdet.latency.calibrate import (  # noqa: E402
+    calibrate, fit_benchmarks, fit_efficiency, load_measurements, save_measurements)
+from lasnet_mmdet.latency.hardware import ProfileError, load_profile  # noqa: E402
+from lasnet_mmdet.latency.predictor import SCHEDULES, kernels_time  # noqa: E402
 
 
 def parse_args(argv=None):

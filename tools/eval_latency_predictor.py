@@ -14,18 +14,22 @@ error on the whole LAS backbone), ``static_backbone_error`` (mmdet's dense ResNe
 """
 import argparse
 import json
+import os.path as osp
 import sys
 import time
 
 import torch
 
-from lasnet_mmdet.benchmark.dense import fold_resnet
-from lasnet_mmdet.latency import measure
-from lasnet_mmdet.latency.hardware import ProfileError, load_profile
-from lasnet_mmdet.latency.measure import (make_backbones, make_block, measure_backbone,
-                                          measure_las_block, stage_block_shape)
-from lasnet_mmdet.latency.predictor import (SCHEDULES, get_schedule, predict_backbone,
-                                            predict_las_block)
+# lasnet_mmdet from a checkout (e.g. on a GPU machine where it is not installed)
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from lasnet_mmdet.benchmark.dense import fold_resnet  # noqa: E402
+from lasnet_mmdet.latency import measure  # noqa: E402
+from lasnet_mmdet.latency.hardware import ProfileError, load_profile  # noqa: E402
+from lasnet_mmdet.latency.measure import (  # noqa: E402
+    make_backbones, make_block, measure_backbone, measure_las_block, stage_block_shape)
+from lasnet_mmdet.latency.predictor import (  # noqa: E402
+    SCHEDULES, get_schedule, predict_backbone, predict_las_block)
 
 
 def spearman(a, b):
