@@ -15,10 +15,13 @@ inactive rows, as in the backbone: its time includes that memory work). Per stag
 blocks (3, 4, 23, 3) summed.
 
 ``--tune`` also times every candidate tile (``CANDIDATES``) on every layer and every batch,
-picks per (kernel, N, K) the tile with the smallest geometric mean of time / best time over
-the batches, and prints the table to paste into ``lasnet_mmdet/ops/triton/gemm.py``
-(``HOPPER_16BIT`` for sm_90; or point ``LASNET_TRITON_TILES`` at the ``--json`` file). It also
-times the previous conv3x3 kernel (nested tap / channel loops) for comparison. CUDA only.
+picks per (kernel, N, K) and batch the tile with the smallest geometric mean of time / best
+time over the layers of that key, and prints the table to paste into
+``lasnet_mmdet/ops/triton/gemm.py`` (``HOPPER_16BIT`` / ``HOPPER_32BIT`` for sm_90; or point
+``LASNET_TRITON_TILES`` at the ``--json`` file): where the smallest and the largest batch pick
+different tiles, a ``Tiles`` entry switches between them at the geometric mean of their
+largest row counts. It also times the previous conv3x3 kernel (nested tap / channel loops)
+for comparison. CUDA only.
 
 Measured on an H100 (``--tune --batch 1 8 --rep 10``): docs/sparse_ops.md, raw results in
 docs/sparse_ops_results/h100_tune_fp16.json.
@@ -237,14 +240,17 @@ def run(args):
                torch=torch.__version__, triton=__import__('triton').__version__,
                dtype=args.dtype, shape=args.shape, rate=args.rate,
                granularity=args.granularity, layers=[])
-    tune = {}  # (kernel, N, K) -> {tile: [t / best per layer and batch]}
+    tune = {}  # (kernel, N, K) -> batch -> {tile: [t / best per layer]}
+    max_rows = {}  # (kernel, N, K) -> batch -> the largest row list of its layers
     for batch in args.batch:
         for lay in layers(*args.shape):
             L = Layer(lay, batch, args.rate, args.granularity, dtype)
-            tile = tile_config(lay['kernel'], lay['N'], lay['K'], dtype, torch.device('cuda'))
+            tile = tile_config(lay['kernel'], lay['N'], lay['K'], dtype, torch.device('cuda'),
+                               L.max_rows)
             t_sparse, t_dense = bench(L.sparse(), args.rep), bench(L.dense(), args.rep)
             row = dict(stage=lay['stage'], name=lay['name'], kernel=lay['kernel'], K=lay['K'],
                        N=lay['N'], batch=batch, times=lay['times'], rows=L.rows_done,
+                       max_rows=L.max_rows,
                        tile=list(tile), sparse_ms=t_sparse, dense_ms=t_dense,
                        sparse_tflops=2 * L.sparse_macs / t_sparse / 1e9,
                        dense_tflops=2 * L.dense_macs / t_dense / 1e9)
@@ -267,7 +273,10 @@ def run(args):
                                                 for c in CANDIDATES[:4])
                 key = (lay['kernel'], lay['N'], lay['K'])
                 for c, t in cands.items():
-                    tune.setdefault(key, {}).setdefault(c, []).append(t / best)
+                    tune.setdefault(key, {}).setdefault(batch, {}).setdefault(c, []).append(
+                        t / best)
+                per_batch = max_rows.setdefault(key, {})
+                per_batch[batch] = max(per_batch.get(batch, 0), L.max_rows)
             res['layers'].append(row)
             print(f"b{batch} stage {lay['stage']} {lay['name']:<12} K {lay['K']:>5} N "
                   f"{lay['N']:>5} rows {L.rows_done:>7}: sparse {t_sparse * 1e3:8.1f} us "
@@ -285,17 +294,39 @@ def run(args):
               f"{s['dense_tflops']:.1f} TFLOP/s (per MAC: sparse/dense "
               f"{s['dense_tflops'] / s['sparse_tflops']:.2f}x the time)")
     if args.tune:
-        table = {}
-        for key, per_tile in tune.items():
-            # Every candidate was timed on every layer of this key (same N, K => same filter).
-            score = {c: math.exp(sum(map(math.log, v)) / len(v)) for c, v in per_tile.items()}
-            table[key] = min(score, key=score.get)
-        res['table'] = [dict(kernel=k[0], N=k[1], K=k[2], tile=list(t)) for k, t in table.items()]
+        res['table'] = tune_table(tune, max_rows)
         print('HOPPER_32BIT = {' if args.dtype == 'fp32' else 'HOPPER_16BIT = {')
-        for (kernel, n, k), t in sorted(table.items()):
-            print(f"    ('{kernel}', {n}, {k}): Tile{t},")
+        for r in res['table']:
+            key = (r['kernel'], r['N'], r['K'])
+            if 'tile' in r:
+                print(f"    {key!r}: Tile{tuple(r['tile'])},")
+            else:
+                print(f"    {key!r}: Tiles(Tile{tuple(r['few_rows'])}, "
+                      f"Tile{tuple(r['many_rows'])}, {r['split_rows']}),")
         print('}')
     return res
+
+
+def tune_table(tune, max_rows):
+    """Per (kernel, N, K): the tile of the smallest and of the largest batch (each the smallest
+    geometric mean of time / best time over the key's layers), and where they differ the row
+    count between them (geometric mean of the two batches' largest lists)."""
+    table = []
+    for key in sorted(tune):
+        best = {}
+        for batch, per_tile in tune[key].items():
+            # Every candidate was timed on every layer of this key (same N, K => same filter).
+            score = {c: math.exp(sum(map(math.log, v)) / len(v)) for c, v in per_tile.items()}
+            best[batch] = min(score, key=score.get)
+        few, many = min(best), max(best)
+        row = dict(kernel=key[0], N=key[1], K=key[2])
+        if best[few] == best[many]:
+            row['tile'] = list(best[few])
+        else:
+            row.update(few_rows=list(best[few]), many_rows=list(best[many]),
+                       split_rows=round(math.sqrt(max_rows[key][few] * max_rows[key][many])))
+        table.append(row)
+    return table
 
 
 def stage_summary(rows):

@@ -1,11 +1,16 @@
 """The Triton kernels of the sparse path on their own: the row GEMM and the 3x3 row conv equal
-PyTorch's, write only their list's rows, and take their tiles from channels, dtype and GPU,
-so a new image size compiles nothing (counted on the device).
+PyTorch's, write only their list's rows, and take their tiles from channels, dtype, GPU and
+which side of one row count the largest list lies, so a new image size compiles nothing
+(counted on the device).
 
 Without CUDA the kernels run in Triton's interpreter (set before they are decorated).
 """
+import functools
+import json
 import math
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +20,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 triton = pytest.importorskip('triton')
 
-from lasnet_mmdet.ops.triton.gemm import (HOPPER_16BIT, Tile, conv3x3_rows,  # noqa: E402
-                                          rows_gemm, tile_config)
+from lasnet_mmdet.ops.triton.gemm import (HOPPER_16BIT, HOPPER_32BIT, Tile,  # noqa: E402
+                                          Tiles, conv3x3_rows, rows_gemm, tile_config)
 
 CUDA = torch.cuda.is_available()
 DEVICE = 'cuda' if CUDA else 'cpu'
@@ -162,17 +167,51 @@ def test_tile_depends_on_channels_dtype_and_gpu_only(monkeypatch):
                                   (256, 1024), (1024, 256), (512, 2048), (2048, 512)]]
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for n, k in shapes:
-            t = tile_config('gemm', n, k, dtype, torch.device('cpu'))
-            assert isinstance(t, Tile) and t.block_k >= 16
-            if dtype == torch.float32:
-                assert t.block_k <= 32  # half the K per stage: same shared memory as 16-bit
+            for max_rows in (1, 10**6):
+                t = tile_config('gemm', n, k, dtype, torch.device('cpu'), max_rows)
+                assert isinstance(t, Tile) and t.block_k >= 16
+                if dtype == torch.float32:
+                    assert t.block_k <= 32  # half the K per stage: same shared memory as 16-bit
         for c in (64, 128, 256, 512):
-            assert isinstance(tile_config('conv3x3', c, 9 * c, dtype, 'cpu'), Tile)
-    for (kernel, n, k), t in HOPPER_16BIT.items():
-        assert kernel in ('gemm', 'conv3x3') and isinstance(t, Tile)
-        for v in (t.block_m, t.block_n, t.block_k, t.num_warps):
-            assert v & (v - 1) == 0
-        assert t.block_k >= 16 and t.num_stages >= 1
+            assert isinstance(tile_config('conv3x3', c, 9 * c, dtype, 'cpu', 100), Tile)
+    for table in (HOPPER_16BIT, HOPPER_32BIT):
+        for (kernel, n, k), entry in table.items():
+            assert kernel in ('gemm', 'conv3x3')
+            tiles = [entry] if isinstance(entry, Tile) else [entry.few_rows, entry.many_rows]
+            if isinstance(entry, Tiles):
+                assert entry.few_rows != entry.many_rows and entry.split_rows > 0
+            for t in tiles:
+                assert isinstance(t, Tile)
+                for v in (t.block_m, t.block_n, t.block_k, t.num_warps):
+                    assert v & (v - 1) == 0
+                assert t.block_k >= 16 and t.num_stages >= 1
+
+
+def test_tiles_switch_at_their_row_count_from_a_tuning_file(monkeypatch, tmp_path):
+    """A ``--tune`` JSON with two tiles for a key: lists up to ``split_rows`` rows get the
+    few-rows tile, longer ones the other; the file applies to the dtype it was tuned in."""
+    sys.path.insert(0, str(Path(__file__).parents[2] / 'tools'))
+    from benchmark_kernels import tune_table
+    few, many = (64, 64, 64, 4, 4), (128, 256, 64, 8, 3)
+    # Times / best per layer, per batch: batch 1 prefers `few`, batch 8 `many`.
+    tune = {('conv3x3', 256, 2304): {1: {few: [1.0, 1.0], many: [2.0, 2.1]},
+                                     8: {few: [1.6, 1.5], many: [1.0, 1.0]}},
+            ('gemm', 64, 64): {1: {few: [1.0], many: [1.3]}, 8: {few: [1.0], many: [1.2]}}}
+    table = tune_table(tune, {('conv3x3', 256, 2304): {1: 100, 8: 900},
+                              ('gemm', 64, 64): {1: 10, 8: 80}})
+    assert table == [dict(kernel='conv3x3', N=256, K=2304, few_rows=list(few),
+                          many_rows=list(many), split_rows=300),
+                     dict(kernel='gemm', N=64, K=64, tile=list(few))]
+    path = tmp_path / 'tiles.json'
+    path.write_text(json.dumps(dict(dtype='fp16', table=table)))
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    monkeypatch.setenv('LASNET_TRITON_TILES', str(path))
+    pick = functools.partial(tile_config, 'conv3x3', 256, 2304, device='cpu')
+    assert pick(torch.float16, max_rows=300) == Tile(*few)
+    assert pick(torch.bfloat16, max_rows=301) == Tile(*many)
+    assert tile_config('gemm', 64, 64, torch.float16, 'cpu', 10**6) == Tile(*few)
+    # An fp16 file leaves fp32 to the built-in choice.
+    assert pick(torch.float32, max_rows=300) not in (Tile(*few), Tile(*many))
 
 
 @requires_cuda

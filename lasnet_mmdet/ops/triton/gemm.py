@@ -20,13 +20,15 @@ matches the dense one to 1e-4), else TF32 as cuDNN's convs do under ``allow_tf32
 
 Tile configs (no autotuning): ``tile_config`` picks (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 from the kernel, N, K, the dtype and the GPU's compute capability, from a table measured once
-per GPU architecture (``tools/benchmark_kernels.py --tune``), so a kernel variant compiles
-once per (channels, dtype) and a new image size never compiles or tunes anything: spatial
-sizes are runtime arguments that Triton does not specialise on (``do_not_specialize``), and
-the row-list pointers are not specialised on alignment (lists may be slices of one buffer).
-Under TRITON_INTERPRET=1 a single small tile is used. ``LASNET_TRITON_TILES=FILE`` (the JSON
-that ``tools/benchmark_kernels.py --tune --json FILE`` writes on your GPU) overrides the table
-for 16-bit dtypes, e.g. on a GPU the table was not measured on.
+per GPU architecture (``tools/benchmark_kernels.py --tune``); where few and many rows want
+different tiles, the table switches at one row count, compared with the largest list the
+input's shape allows. So a layer compiles at most two variants per dtype, and a new image
+size never tunes anything: spatial sizes are runtime arguments that Triton does not
+specialise on (``do_not_specialize``), and the row-list pointers are not specialised on
+alignment (lists may be slices of one buffer). Under TRITON_INTERPRET=1 a single small tile
+is used. ``LASNET_TRITON_TILES=FILE`` (the JSON that ``tools/benchmark_kernels.py --tune
+--json FILE`` writes on your GPU) overrides the table for the dtype it was tuned in (fp32, or
+fp16/bf16), e.g. on a GPU the table was not measured on.
 """
 import functools
 import json
@@ -46,31 +48,63 @@ class Tile(NamedTuple):
     num_stages: int
 
 
-# Hopper (sm_90), fp16/bf16: measured on an H100 SXM (torch 2.11, Triton 3.6) with
-#   python tools/benchmark_kernels.py --tune --batch 1 8 --rep 10 --json FILE
+class Tiles(NamedTuple):
+    """A tile for lists of at most ``split_rows`` rows and one for longer lists."""
+    few_rows: Tile
+    many_rows: Tile
+    split_rows: int
+
+    def pick(self, max_rows):
+        return self.few_rows if max_rows <= self.split_rows else self.many_rows
+
+
+# Hopper (sm_90), measured on an H100 SXM (torch 2.11, Triton 3.6) with
+#   python tools/benchmark_kernels.py --tune --batch 1 8 --rep 10 [--dtype fp32] --json FILE
 # (every ResNet-101 layer at 800x1216, rows of a random r = 0.5 mask at S = 4-4-2-1, each
-# candidate tile's median time in CUDA-graph replays; per (kernel, N, K) the tile with the
-# smallest geometric mean of time / best time over batch 1 and 8). Keys: (kernel, N, K), with
-# conv3x3's K = 9 x C_in. That run: docs/sparse_ops_results/h100_tune_fp16.json. Summed over
-# the backbone's kernels these tiles take 1.10 ms at batch 1 (5.33 ms at batch 8) where the
-# fallback tiles below took 1.36 ms (5.71 ms).
+# candidate tile's median time in CUDA-graph replays). Per (kernel, N, K), with conv3x3's
+# K = 9 x C_in: the tile with the smallest geometric mean of time / best time over the layers
+# of that key, at batch 1 (few rows) and at batch 8 (many rows); where they differ, ``Tiles``
+# switches at the geometric mean of the two runs' largest row counts. A few rows want small
+# tiles that fill the 132 SMs (stage 3's conv2 at batch 1: 30 programs of 128 x 256 take 35
+# us, 120 of 128 x 64 take 17); many rows want large tiles that read the weights fewer times
+# (at batch 8: 35 us vs 55). Runs: docs/sparse_ops_results/h100_tune_fp16.json, *_fp32.json.
+# Summed over the backbone's kernels, fp16: 1.04 ms at batch 1 and 4.42 ms at batch 8, where
+# one tile per key took 1.10 and 5.33 ms; fp32 (TF32): 3.62 and 20.78 ms (was 3.87, 21.05).
 HOPPER_16BIT = {
     ('conv3x3', 64, 576): Tile(128, 64, 64, 4, 4),
-    ('conv3x3', 128, 1152): Tile(64, 128, 64, 4, 3),
-    ('conv3x3', 256, 2304): Tile(64, 128, 64, 4, 3),
-    ('conv3x3', 512, 4608): Tile(128, 64, 64, 4, 4),
+    ('conv3x3', 128, 1152): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 42992),
+    ('conv3x3', 256, 2304): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 256, 64, 8, 3), 10748),
+    ('conv3x3', 512, 4608): Tiles(Tile(64, 64, 64, 4, 4), Tile(64, 256, 64, 8, 3), 2687),
     ('gemm', 64, 64): Tile(128, 64, 32, 4, 4),
-    ('gemm', 64, 256): Tile(64, 64, 64, 4, 3),
-    ('gemm', 128, 256): Tile(64, 128, 64, 4, 3),
-    ('gemm', 128, 512): Tile(128, 128, 64, 8, 3),
+    ('gemm', 64, 256): Tiles(Tile(128, 64, 32, 4, 4), Tile(64, 64, 64, 4, 3), 171968),
+    ('gemm', 128, 256): Tiles(Tile(64, 128, 32, 4, 4), Tile(128, 128, 64, 8, 3), 171968),
+    ('gemm', 128, 512): Tiles(Tile(128, 128, 64, 8, 3), Tile(64, 128, 64, 4, 3), 42992),
     ('gemm', 256, 64): Tile(64, 128, 32, 4, 4),
-    ('gemm', 256, 512): Tile(128, 256, 64, 8, 3),
-    ('gemm', 256, 1024): Tile(64, 128, 32, 4, 4),
-    ('gemm', 512, 128): Tile(128, 128, 64, 4, 3),
-    ('gemm', 512, 1024): Tile(128, 128, 64, 8, 3),
-    ('gemm', 512, 2048): Tile(64, 128, 32, 4, 4),
-    ('gemm', 1024, 256): Tile(64, 128, 64, 4, 3),
-    ('gemm', 2048, 512): Tile(128, 128, 64, 4, 3),
+    ('gemm', 256, 512): Tiles(Tile(64, 128, 32, 4, 4), Tile(128, 256, 64, 8, 3), 42992),
+    ('gemm', 256, 1024): Tiles(Tile(64, 128, 32, 4, 4), Tile(128, 256, 64, 8, 3), 10748),
+    ('gemm', 512, 128): Tiles(Tile(128, 128, 64, 4, 3), Tile(64, 128, 64, 4, 3), 42992),
+    ('gemm', 512, 1024): Tiles(Tile(128, 128, 64, 8, 3), Tile(128, 256, 64, 8, 3), 10748),
+    ('gemm', 512, 2048): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 256, 64, 8, 3), 2687),
+    ('gemm', 1024, 256): Tiles(Tile(128, 128, 64, 8, 3), Tile(128, 128, 64, 4, 3), 10748),
+    ('gemm', 2048, 512): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 2687),
+}
+HOPPER_32BIT = {
+    ('conv3x3', 64, 576): Tile(128, 64, 32, 4, 4),
+    ('conv3x3', 128, 1152): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 42992),
+    ('conv3x3', 256, 2304): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 10748),
+    ('conv3x3', 512, 4608): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 2687),
+    ('gemm', 64, 64): Tile(128, 64, 32, 4, 4),
+    ('gemm', 64, 256): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 171968),
+    ('gemm', 128, 256): Tile(128, 64, 32, 4, 4),
+    ('gemm', 128, 512): Tiles(Tile(128, 64, 32, 4, 4), Tile(128, 128, 32, 8, 3), 42992),
+    ('gemm', 256, 64): Tile(128, 64, 32, 4, 4),
+    ('gemm', 256, 512): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 128, 32, 8, 3), 42992),
+    ('gemm', 256, 1024): Tiles(Tile(128, 64, 32, 4, 4), Tile(128, 64, 64, 4, 4), 10748),
+    ('gemm', 512, 128): Tile(128, 64, 32, 4, 4),
+    ('gemm', 512, 1024): Tile(128, 64, 32, 4, 4),
+    ('gemm', 512, 2048): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 2687),
+    ('gemm', 1024, 256): Tile(128, 64, 32, 4, 4),
+    ('gemm', 2048, 512): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 2687),
 }
 
 # Used where the table has no entry (other GPUs, other channel counts), by N.
@@ -78,28 +112,6 @@ _DEFAULT_16BIT = {  # N <= 64, N <= 128, larger
     'gemm': (Tile(64, 64, 64, 4, 4), Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 8, 3)),
     'conv3x3': (Tile(64, 64, 64, 4, 4), Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 8, 3)),
 }
-# Hopper, fp32 with TF32 products (the default, as cuDNN's convs): measured as above with
-# --dtype fp32 (docs/sparse_ops_results/h100_tune_fp32.json). Whole predict() of the LAS-R101
-# Faster R-CNN, fp32 batch 1: 20.90 ms with the fallback tiles, 17.08 ms with these.
-HOPPER_32BIT = {
-    ('conv3x3', 64, 576): Tile(128, 64, 32, 4, 4),
-    ('conv3x3', 128, 1152): Tile(128, 64, 64, 4, 4),
-    ('conv3x3', 256, 2304): Tile(128, 64, 32, 4, 4),
-    ('conv3x3', 512, 4608): Tile(128, 64, 32, 4, 4),
-    ('gemm', 64, 64): Tile(128, 64, 32, 4, 4),
-    ('gemm', 64, 256): Tile(128, 64, 32, 4, 4),
-    ('gemm', 128, 256): Tile(128, 64, 32, 4, 4),
-    ('gemm', 128, 512): Tile(128, 64, 32, 4, 4),
-    ('gemm', 256, 64): Tile(128, 64, 32, 4, 4),
-    ('gemm', 256, 512): Tile(128, 64, 64, 4, 4),
-    ('gemm', 256, 1024): Tile(128, 64, 32, 4, 4),
-    ('gemm', 512, 128): Tile(128, 64, 32, 4, 4),
-    ('gemm', 512, 1024): Tile(128, 64, 32, 4, 4),
-    ('gemm', 512, 2048): Tile(128, 64, 32, 4, 4),
-    ('gemm', 1024, 256): Tile(128, 64, 32, 4, 4),
-    ('gemm', 2048, 512): Tile(128, 64, 64, 4, 4),
-}
-
 # fp32 (TF32 or IEEE products): twice the bytes per element, so half the K per stage.
 _DEFAULT_32BIT = (Tile(64, 64, 32, 4, 3), Tile(64, 128, 32, 4, 3), Tile(128, 128, 32, 8, 3))
 _INTERPRETER = Tile(16, 32, 32, 1, 1)
@@ -117,28 +129,42 @@ def _capability(device):
 
 @functools.lru_cache(maxsize=None)
 def _tiles_from_file(path):
+    """``(fp32, {(kernel, N, K): Tile | Tiles})`` from a ``--tune`` JSON: whether it was tuned
+    in fp32, and its ``table``."""
     with open(path) as f:
         data = json.load(f)
-    return {(r['kernel'], int(r['N']), int(r['K'])): Tile(*r['tile'])
-            for r in (data['table'] if isinstance(data, dict) else data)}
+    table = {}
+    for r in data['table']:
+        key = (r['kernel'], int(r['N']), int(r['K']))
+        if 'tile' in r:
+            table[key] = Tile(*r['tile'])
+        else:
+            table[key] = Tiles(Tile(*r['few_rows']), Tile(*r['many_rows']), int(r['split_rows']))
+    return data.get('dtype') == 'fp32', table
 
 
-def tile_config(kernel, n, k, dtype, device):
-    """The ``Tile`` of ``kernel`` ('gemm' or 'conv3x3') for an N x K weight in ``dtype``.
+def tile_config(kernel, n, k, dtype, device, max_rows):
+    """The ``Tile`` of ``kernel`` ('gemm' or 'conv3x3') for an N x K weight in ``dtype`` and a
+    row list of at most ``max_rows`` rows.
 
-    Depends on channel counts, dtype and GPU only, never on the number of rows."""
+    Depends on channel counts, dtype, the GPU and, where the table says so, on which side of
+    one row count ``max_rows`` lies (so a layer compiles at most two variants); never on the
+    rows of a forward (they stay on the device) and never tuned at run time."""
     if _interpreting():
         return _INTERPRETER
     cap = _capability(torch.device(device))
     size = 0 if n <= 64 else 1 if n <= 128 else 2
     path = os.environ.get('LASNET_TRITON_TILES')
-    if path and (kernel, n, k) in _tiles_from_file(path):
-        return _tiles_from_file(path)[(kernel, n, k)]
     fp32 = dtype == torch.float32
-    if cap is not None and cap[0] == 9:
+    tile = None
+    if path and _tiles_from_file(path)[0] == fp32:
+        tile = _tiles_from_file(path)[1].get((kernel, n, k))
+    if tile is None and cap is not None and cap[0] == 9:
         tile = (HOPPER_32BIT if fp32 else HOPPER_16BIT).get((kernel, n, k))
-        if tile is not None:
-            return tile
+    if isinstance(tile, Tiles):
+        return tile.pick(max_rows)
+    if tile is not None:
+        return tile
     return _DEFAULT_32BIT[size] if fp32 else _DEFAULT_16BIT[kernel][size]
 
 
@@ -280,7 +306,7 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
     if relu_rest and res is None:
         raise ValueError('relu_rest needs res')
     k, n = w.shape
-    t = tile or tile_config('gemm', n, k, a.dtype, a.device)
+    t = tile or tile_config('gemm', n, k, a.dtype, a.device, max_rows)
     # With relu_rest the two parts of the list each end in a partial tile: one tile more.
     m_tiles = triton.cdiv(max_rows, t.block_m) + int(relu_rest)
     grid = (m_tiles, triton.cdiv(n, t.block_n))
@@ -296,7 +322,7 @@ def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, 
     """``out[m] = relu(conv3x3(x)[rows[m]] + bias)`` (x: channels-last rows of the conv1 map,
     ``w``: ``(9 * C, N)`` with K ordered (dy, dx, c); other args as ``rows_gemm``)."""
     c, n = w.shape[0] // 9, w.shape[1]
-    t = tile or tile_config('conv3x3', n, w.shape[0], x.dtype, x.device)
+    t = tile or tile_config('conv3x3', n, w.shape[0], x.dtype, x.device, max_rows)
     grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n))
     conv3x3_rows_kernel[grid](
         x, w, bias, out, rows, count, c, n, *in_hw, *out_hw, STRIDE=stride,
