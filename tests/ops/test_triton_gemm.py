@@ -103,30 +103,38 @@ def test_rows_gemm_equals_matmul(gather, scatter, with_res, dtype):
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('with_res_bias', [False, True], ids=['res', 'res+bias'])
 @pytest.mark.parametrize('active', [0, 17, 50])
-def test_rows_gemm_relu_rest_writes_the_whole_output(active, dtype):
-    """conv3's launch: the list holds every row, active first; GEMM + residual + ReLU at the
-    active rows and ReLU(residual) at the others, nothing left unwritten (all or none active
-    too)."""
+def test_rows_gemm_relu_rest_writes_the_whole_output(active, with_res_bias, dtype):
+    """conv3's launch: the list holds every row, active first; GEMM + residual (+ the
+    downsample's bias) + ReLU at the active rows and ReLU(residual (+ bias)) at the others,
+    nothing left unwritten (all or none active too)."""
     g = torch.Generator().manual_seed(4)
     total, k, n = 50, 32, 72
     a = torch.randn(total, k, generator=g).to(DEVICE, dtype)
     w = (torch.randn(k, n, generator=g) / math.sqrt(k)).to(DEVICE, dtype)
     bias = torch.randn(n, generator=g).to(DEVICE, dtype)
     res = torch.randn(total, n, generator=g).to(DEVICE, dtype)
+    res_bias = torch.randn(n, generator=g).to(DEVICE, dtype) if with_res_bias else None
     rows = torch.randperm(total, generator=g).to(DEVICE, torch.int32)
     count = torch.tensor([active], dtype=torch.int32, device=DEVICE)
     out = torch.full((total, n), float('nan'), device=DEVICE, dtype=dtype)
     rows_gemm(a, w, bias, out, rows, count, total, gather_a=False, scatter_out=True, res=res,
-              relu_rest=True)
+              res_bias=res_bias, relu_rest=True)
     on, off = rows[:active].long(), rows[active:].long()
-    want = (a[:active].double() @ w.double() + bias.double() + res[on].double()).relu()
+    residual = res.double() + (0 if res_bias is None else res_bias.double())
+    want = (a[:active].double() @ w.double() + bias.double() + residual[on]).relu()
     assert not out.isnan().any()
     if active:
         assert _rel_err(out[on], want) < _tol(dtype, True)
-    assert torch.equal(out[off], res[off].relu())
-    with pytest.raises(ValueError, match='relu_rest needs res'):
-        rows_gemm(a, w, bias, out, rows, count, total, False, True, relu_rest=True)
+    if res_bias is None:
+        assert torch.equal(out[off], res[off].relu())
+    else:  # the fp32 sum, rounded once
+        want_off = (res[off].float() + res_bias.float()).relu().to(dtype)
+        assert torch.equal(out[off], want_off)
+    for kwargs in (dict(relu_rest=True), dict(res_bias=bias)):
+        with pytest.raises(ValueError, match='relu_rest and res_bias need res'):
+            rows_gemm(a, w, bias, out, rows, count, total, False, True, **kwargs)
 
 
 @pytest.mark.parametrize('stride,s', [(1, 1), (1, 3), (2, 2)])

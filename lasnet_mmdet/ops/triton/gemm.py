@@ -8,11 +8,13 @@ return at once. Operands go to ``tl.dot`` in their own dtype (fp16 / bf16 on ten
 accumulation is fp32; fp32 inputs use IEEE products when ``ieee`` (the sparse path then
 matches the dense one to 1e-4), else TF32 as cuDNN's convs do under ``allow_tf32``.
 
-* ``rows_gemm_kernel``: ``out[dst] = relu(A[src] @ W + bias (+ res[dst]))``: conv1 (gather
-  the needed input rows, scatter into the conv1 map) and conv3 (read the compact conv2 rows,
-  scatter into the output, fused with the residual add and the ReLU). With ``RELU_REST``
-  (conv3) the row list holds every output row, the active ones first, and the programs past
-  the active rows' tiles write ``relu(res)`` at the others: the block's output in one launch.
+* ``rows_gemm_kernel``: ``out[dst] = relu(A[src] @ W + bias (+ res[dst] + res_bias))``: conv1
+  (gather the needed input rows, scatter into the conv1 map) and conv3 (read the compact conv2
+  rows, scatter into the output, fused with the residual add and the ReLU; ``res_bias`` is the
+  downsample conv's folded BN, added here instead of in a pass over its output). With
+  ``RELU_REST`` (conv3) the row list holds every output row, the active ones first, and the
+  programs past the active rows' tiles write ``relu(res + res_bias)`` at the others: the
+  block's output in one launch.
 * ``conv3x3_rows_kernel``: conv2 for the active output rows, one K loop over the nine taps x
   the input channels (a single loop, so loads are software-pipelined across taps too); each
   tap is gathered from the conv1 map (zero outside the image, exactly the dense zero padding),
@@ -176,36 +178,43 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _relu_rows(res_ptr, out_ptr, rows_ptr, start, stop, offs_n, n_ok, N,
+def _relu_rows(res_ptr, res_bias, out_ptr, rows_ptr, start, stop, offs_n, n_ok, N,
                BLOCK_M: tl.constexpr):
-    """``out[r] = relu(res[r])`` for the rows ``rows[start:stop]`` (at most BLOCK_M)."""
+    """``out[r] = relu(res[r] + res_bias)`` for the rows ``rows[start:stop]`` (at most
+    BLOCK_M); ``res_bias``: a fp32 [BLOCK_N] vector, or None."""
     offs = start + tl.arange(0, BLOCK_M)
     ok = offs < stop
     rows = tl.load(rows_ptr + offs, mask=ok, other=0).to(tl.int64)
     offs_2d = rows[:, None] * N + offs_n[None, :]
     mask = ok[:, None] & n_ok[None, :]
     x = tl.load(res_ptr + offs_2d, mask=mask, other=0.0)
+    if res_bias is not None:
+        x = (x.to(tl.float32) + res_bias[None, :]).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + offs_2d, tl.maximum(x, 0.0), mask=mask)
 
 
 @triton.jit(do_not_specialize=['total_rows'],
             do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
-def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_ptr, N, K,
-                     total_rows, GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr,
-                     HAS_RES: tl.constexpr, RELU_REST: tl.constexpr, IEEE: tl.constexpr,
+def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, rows_ptr,
+                     count_ptr, N, K, total_rows, GATHER_A: tl.constexpr,
+                     SCATTER_OUT: tl.constexpr, HAS_RES: tl.constexpr,
+                     HAS_RES_BIAS: tl.constexpr, RELU_REST: tl.constexpr, IEEE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     count = tl.load(count_ptr)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
+    res_bias = None
+    if HAS_RES_BIAS:
+        res_bias = tl.load(res_bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
     gemm_tiles = tl.cdiv(count, BLOCK_M)
     if pid_m >= gemm_tiles:
         # Past this forward's list: idle, or with RELU_REST the list's other rows.
         if RELU_REST:
             start = count + (pid_m - gemm_tiles) * BLOCK_M
             if start < total_rows:
-                _relu_rows(res_ptr, out_ptr, rows_ptr, start,
+                _relu_rows(res_ptr, res_bias, out_ptr, rows_ptr, start,
                            tl.minimum(start + BLOCK_M, total_rows), offs_n, n_ok, N, BLOCK_M)
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -229,6 +238,8 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, rows_ptr, count_p
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_RES:
         acc += tl.load(res_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES_BIAS:
+        acc += res_bias[None, :]
     acc = tl.maximum(acc, 0.0)
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -287,8 +298,9 @@ def _ieee(dtype, ieee):
 
 
 def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res=None,
-              relu_rest=False, ieee=None, tile=None):
-    """``out[dst] = relu(a[src] @ w + bias (+ res[dst]))`` for the first ``count`` list rows.
+              res_bias=None, relu_rest=False, ieee=None, tile=None):
+    """``out[dst] = relu(a[src] @ w + bias (+ res[dst] + res_bias))`` for the first ``count``
+    list rows.
 
     Args:
         a (Tensor): ``(rows, K)`` A rows (channels-last pixels), read at ``rows`` when
@@ -298,22 +310,23 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
         rows (Tensor): int32 row list; ``count``: a one-element int32 device tensor, its length.
         max_rows (int): The largest ``count`` can be (sizes the grid, never a compile key).
         res (Tensor | None): Added before the ReLU, read at the output rows (not ``out``).
+        res_bias (Tensor | None): ``(N, )``, added with ``res`` (needs ``res``).
         relu_rest (bool): ``rows`` holds ``max_rows`` rows (the whole output); the rows past
-            ``count`` get ``out = relu(res)`` in the same launch (needs ``res``).
+            ``count`` get ``out = relu(res + res_bias)`` in the same launch (needs ``res``).
         ieee (bool | None): fp32 only: IEEE products (True, the default) or TF32 (False).
         tile (Tile | None): Override of ``tile_config`` (benchmarks, tuning).
     """
-    if relu_rest and res is None:
-        raise ValueError('relu_rest needs res')
+    if res is None and (relu_rest or res_bias is not None):
+        raise ValueError('relu_rest and res_bias need res')
     k, n = w.shape
     t = tile or tile_config('gemm', n, k, a.dtype, a.device, max_rows)
     # With relu_rest the two parts of the list each end in a partial tile: one tile more.
     m_tiles = triton.cdiv(max_rows, t.block_m) + int(relu_rest)
     grid = (m_tiles, triton.cdiv(n, t.block_n))
     rows_gemm_kernel[grid](
-        a, w, bias, out if res is None else res, out, rows, count, n, k, max_rows,
-        GATHER_A=gather_a, SCATTER_OUT=scatter_out, HAS_RES=res is not None,
-        RELU_REST=relu_rest, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+        a, w, bias, out if res is None else res, bias if res_bias is None else res_bias, out,
+        rows, count, n, k, max_rows, GATHER_A=gather_a, SCATTER_OUT=scatter_out,
+        HAS_RES=res is not None, HAS_RES_BIAS=res_bias is not None, RELU_REST=relu_rest, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
         BLOCK_K=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages)
 
 

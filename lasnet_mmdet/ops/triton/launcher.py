@@ -3,7 +3,8 @@
     compact_rows        coarse mask -> needed conv1 rows, active output rows (+ counts)
     rows_gemm (conv1)   gather needed input rows, GEMM, BN bias, ReLU -> conv1 map rows
     conv3x3_rows        gather the 9 taps of active rows from the conv1 map -> compact rows
-    residual            identity, or the downsample conv with its BN folded (cuDNN)
+    residual            identity, or the downsample conv (cuDNN, no bias: its folded BN is
+                        added by conv3's launch, a pass over the residual fewer)
     rows_gemm (conv3)   compact rows GEMM + bias + residual, ReLU -> scattered output rows;
                         the same launch writes ReLU(residual) at the inactive rows
 """
@@ -41,9 +42,9 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
     if f.ds_weight is None:
         res = x
     else:
-        res = F.conv2d(x, f.ds_weight, f.ds_bias, f.ds_stride).contiguous(
+        res = F.conv2d(x, f.ds_weight, None, f.ds_stride).contiguous(
             memory_format=torch.channels_last)
     out = torch.empty_like(res, memory_format=torch.channels_last)
     rows_gemm(y2, f.w3, f.b3, out, active, counts[1:], out_rows, gather_a=False,
-              scatter_out=True, res=res, relu_rest=True, ieee=ieee)
+              scatter_out=True, res=res, res_bias=f.ds_bias, relu_rest=True, ieee=ieee)
     return out
