@@ -25,9 +25,12 @@ table called in turn (interleaved), synchronised on CUDA. For each ``--dtype`` x
 import argparse
 import copy
 import json
+import math
+import os
 import os.path as osp
 import platform
 import sys
+import tempfile
 from contextlib import ExitStack
 
 import torch
@@ -36,6 +39,7 @@ from mmengine.config import DictAction
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # lasnet_mmdet from a checkout
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+NUM_STAGES = 4  # LASResNet's stages in every config here: --granularity gives one S each
 
 
 def parse_args(argv=None):
@@ -47,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument('--dtype', choices=sorted(DTYPES), nargs='+', default=['fp32'])
     p.add_argument('--rate', type=float, default=0.5)
     p.add_argument('--rates', type=float, nargs='+', help='also a curve of the backbone ratio')
-    p.add_argument('--granularity', type=int, nargs='+', help='S per stage (else the config)')
+    p.add_argument('--granularity', type=int, nargs='+',
+                   help=f'S per stage, {NUM_STAGES} values (else the config)')
     p.add_argument('--depth', type=int, choices=[50, 101, 152],
                    help='backbone depth (else the config)')
     p.add_argument('--backend', default='auto', choices=['auto', 'torch', 'triton'])
@@ -89,31 +94,54 @@ def parse_args(argv=None):
             p.error(f'--batch must be >= 1, got {b}')
     if min(args.shape) < 32:
         p.error(f'--shape must be at least 32 x 32, got {args.shape}')
-    for r in [args.rate] + (args.rates or []):
-        if not 0 <= r <= 1:
-            p.error(f'rates must be in [0, 1], got {r}')
-    if args.granularity is not None and any(s < 1 for s in args.granularity):
-        p.error(f'--granularity values must be >= 1, got {args.granularity}')
+    for name, rates in (('--rate', [args.rate]), ('--rates', args.rates or [])):
+        for r in rates:
+            if not 0 <= r <= 1:
+                p.error(f'{name} must be in [0, 1], got {r}')
+    if args.granularity is not None:
+        if len(args.granularity) != NUM_STAGES:
+            p.error(f'--granularity needs one S per stage ({NUM_STAGES}), got '
+                    f'{args.granularity}')
+        if any(s < 1 for s in args.granularity):
+            p.error(f'--granularity values must be >= 1, got {args.granularity}')
     if args.warmup is not None and args.warmup < 0:
         p.error(f'--warmup must be >= 0, got {args.warmup}')
     if args.repeats is not None and args.repeats < 1:
         p.error(f'--repeats must be >= 1, got {args.repeats}')
     if args.threads is not None and args.threads < 1:
         p.error(f'--threads must be >= 1, got {args.threads}')
+    if not math.isfinite(args.stream_scale):
+        p.error(f'--stream-scale must be a finite number, got {args.stream_scale}')
     if not args.stream_scale > 0:
         p.error(f'--stream-scale must be > 0, got {args.stream_scale}')
     if args.compile and args.device != 'cuda':
         p.error('--compile needs --device cuda')
     if args.json:
-        folder = osp.dirname(osp.abspath(args.json))
-        if not osp.isdir(folder):
-            p.error(f'--json {args.json}: directory {folder} does not exist')
+        check_json_path(p, args.json)
     if args.no_backbone and not (args.detector or args.stream):
         p.error('--no-backbone leaves nothing to do (add --detector or --stream)')
     args.warmup = args.warmup if args.warmup is not None else (10 if args.device == 'cuda' else 1)
     args.repeats = args.repeats if args.repeats is not None else (
         50 if args.device == 'cuda' else 3)
     return args
+
+
+def check_json_path(p, path):
+    """``--json`` must name a file this process can write: found out now, not after the run."""
+    if osp.isdir(path):
+        p.error(f'--json {path}: is a directory (give a file name)')
+    folder = osp.dirname(osp.abspath(path))
+    if not osp.isdir(folder):
+        p.error(f'--json {path}: directory {folder} does not exist')
+    if osp.exists(path) and not os.access(path, os.W_OK):
+        p.error(f'--json {path}: the file is not writable')
+    # A file created and removed: os.access(folder, os.W_OK) alone says yes to root on
+    # read-only file systems (/proc).
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.benchmark_latency.'):
+            pass
+    except OSError as e:
+        p.error(f'--json {path}: cannot write in {folder} ({e.strerror or e})')
 
 
 def load_cfg(args):

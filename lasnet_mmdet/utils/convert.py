@@ -73,7 +73,7 @@ def load_source(src):
     except pickle.UnpicklingError as e:
         raise ValueError(f'{src!r} is not a checkpoint that torch can load safely (a torch.save '
                          f'file of tensors and plain containers): {e}') from e
-    except (EOFError, RuntimeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001  (text files end in KeyError, IndexError, ...)
         raise ValueError(f'{src!r} is not a readable torch checkpoint ({type(e).__name__}: '
                          f'{e})') from e
 

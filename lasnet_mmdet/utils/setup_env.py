@@ -33,10 +33,17 @@ def safe_checkpoint_globals():
     ``getattr``: a ``HistoryBuffer`` pickles its statistics methods as
     ``getattr(HistoryBuffer, 'mean')``. torch's safe unpickler calls only allow-listed
     callables, so what getattr returns can be stored but never called.
+
+    Checkpoints written under numpy 1.x name ``numpy.core.multiarray._reconstruct`` and
+    ``.scalar`` (numpy 2 moved the module to ``numpy._core``): those names are allowed too,
+    mapped to the same functions.
     """
     multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    numpy1_names = [(getattr(multiarray, name), f'numpy.core.multiarray.{name}')
+                    for name in ('_reconstruct', 'scalar')]
     return [HistoryBuffer, builtins.getattr, np.ndarray, np.dtype, multiarray._reconstruct,
-            multiarray.scalar, *(type(np.dtype(name)) for name in _NUMPY_DTYPES)]
+            multiarray.scalar, *numpy1_names,
+            *(type(np.dtype(name)) for name in _NUMPY_DTYPES)]
 
 
 def load_local_checkpoint(filename, map_location=None):

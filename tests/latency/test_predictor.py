@@ -116,3 +116,20 @@ def test_torch_schedule_runs_nearly_full_blocks_densely():
     assert 'mask_fill' in names[0.95] and 'gather2' not in names[0.95]
     # the Triton schedule has no such switch
     assert 'mask_fill' not in {k.name for k in las_kernels(STAGE3, 4, 0.95, 'rows')}
+
+
+def test_torch_schedule_reads_the_ops_constants():
+    """The PyTorch and Triton schedules take their switches from the backends they model (no
+    copies that drift when a backend's constant is retuned)."""
+    from lasnet_mmdet import ops
+    from lasnet_mmdet.latency import predictor
+    from lasnet_mmdet.ops import torch_backend
+    torch_schedule = SCHEDULES['torch']
+    assert torch_schedule.dense_conv1_above == torch_backend.DENSE_CONV1_ABOVE
+    assert torch_schedule.index_ops == torch_backend.INDEX_OPS
+    assert torch_schedule.blas_below_rows == torch_backend.ONEDNN_MIN_ROWS
+    assert torch_schedule.dense_block_above == torch_backend.DENSE_BLOCK_ABOVE
+    assert SCHEDULES['rows'].index_ops == ops.TRITON_INDEX_OPS
+    for name in ('DENSE_CONV1_ABOVE', 'INDEX_OPS', 'ONEDNN_MIN_ROWS', 'DENSE_BLOCK_ABOVE'):
+        assert getattr(predictor, name) is getattr(torch_backend, name)
+    assert predictor.TRITON_INDEX_OPS is ops.TRITON_INDEX_OPS

@@ -56,3 +56,26 @@ def test_runner_style_checkpoint_loads_safely(tmp_path):
     # Without setup_env, torch's safe loader refuses it (what the setup is for).
     proc = load_in_subprocess(path, setup=False)
     assert proc.returncode != 0 and 'Weights only load failed' in proc.stderr
+
+
+def test_numpy1_runner_checkpoint_loads_under_numpy2(tmp_path):
+    """Checkpoints written under numpy 1.x name ``numpy.core.multiarray.*`` (numpy 2 moved it
+    to ``numpy._core``): the safe loader accepts those names too."""
+    import zipfile
+
+    from lasnet_mmdet.utils import load_local_checkpoint
+    new, old = tmp_path / 'numpy2.pth', tmp_path / 'numpy1.pth'
+    torch.save({'meta': {'seed': np.int64(3), 'hist': np.arange(3.0)},
+                'state_dict': {'w': torch.ones(2)}}, new)
+    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, 'w') as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith('data.pkl'):  # the names a numpy 1.x pickle holds
+                data = data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+                assert b'numpy.core.multiarray\nscalar' in data
+                assert b'numpy.core.multiarray\n_reconstruct' in data
+            dst.writestr(info, data)
+    ckpt = load_local_checkpoint(str(old))
+    assert ckpt['meta']['seed'] == 3 and ckpt['meta']['seed'].dtype == np.int64
+    assert np.array_equal(ckpt['meta']['hist'], np.arange(3.0))
+    assert torch.equal(ckpt['state_dict']['w'], torch.ones(2))

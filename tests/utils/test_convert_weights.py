@@ -101,7 +101,8 @@ def test_refuses_to_overwrite_the_source(tmp_path):
     assert src.read_bytes() == before
 
 
-@pytest.mark.parametrize('content', [b'', b'not a checkpoint\n'])
+@pytest.mark.parametrize('content', [b'', b'not a checkpoint\n', b'hello\n', b'abc\n',
+                                     b'just some text\n'])
 def test_unreadable_source_is_named(tmp_path, content):
     src = tmp_path / 'bad.pth'
     src.write_bytes(content)
@@ -109,6 +110,16 @@ def test_unreadable_source_is_named(tmp_path, content):
     assert proc.returncode != 0
     assert str(src) in proc.stderr and 'Traceback' not in proc.stderr
     assert not (tmp_path / 'out.pth').exists()
+
+
+@pytest.mark.parametrize('content', [b'hello\n', b'abc\n', b'just some text\n'])
+def test_unreadable_source_error_keeps_its_cause(tmp_path, content):
+    from lasnet_mmdet.utils.convert import load_source
+    src = tmp_path / 'in.txt'
+    src.write_bytes(content)
+    with pytest.raises(ValueError, match='in.txt') as error:
+        load_source(str(src))
+    assert error.value.__cause__ is not None
 
 
 def test_interrupted_write_leaves_no_partial_file(tmp_path):
