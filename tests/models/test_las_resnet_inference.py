@@ -120,3 +120,36 @@ def test_eval_with_autograd_keeps_gradients():
     backbone.sparse_inference = 'torch'
     with pytest.raises(ValueError, match='torch.no_grad'):
         backbone(x)
+
+
+def test_support_check_and_folding_run_once_until_invalidated(monkeypatch):
+    """The per-block support check and the BN folding run on the first sparse forward only;
+    load_state_dict and train()/eval() make them run again (once)."""
+    from lasnet_mmdet.models.backbones import las_resnet
+    calls = {'reason': 0, 'fold': 0, 'stem': 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+    for name, attr in (('reason', 'sparse_unsupported_reason'), ('fold', 'fold_bottleneck'),
+                       ('stem', 'fold_conv')):
+        monkeypatch.setattr(las_resnet, attr, counted(name, getattr(las_resnet, attr)))
+    backbone = make_backbone(sparse_inference='torch')
+    blocks = len(list(backbone.las_blocks()))
+    x = torch.randn(1, 3, 64, 64)
+    once = {'reason': blocks, 'fold': blocks, 'stem': 1}
+
+    def forwards(n=3):
+        before = dict(calls)
+        with torch.no_grad():
+            for _ in range(n):
+                backbone(x)
+        return {name: calls[name] - before[name] for name in calls}
+    assert forwards() == once
+    assert forwards() == {'reason': 0, 'fold': 0, 'stem': 0}
+    backbone.load_state_dict(backbone.state_dict())
+    assert forwards() == once
+    backbone.train().eval()
+    assert forwards() == once

@@ -149,14 +149,18 @@ def test_outputs_do_not_share_the_reused_workspace():
         assert_close_to_scale(o, r, 1e-4)
 
 
-@pytest.mark.parametrize('hook_on', ['block', 'pre_block', 'stage'])
+@pytest.mark.parametrize('hook_on', ['block', 'pre_block', 'stage', 'masker', 'pre_masker'])
 def test_hooked_outputs_never_change_after_return(hook_on):
-    """A forward hook holding a block's (or a stage's) output sees the same values after the
-    whole forward: with hooks registered, no output buffer is reused or updated in place."""
+    """A forward hook holding a block's (or a stage's) output, or the input of any module
+    inside a stage (a masker's is the previous block's output), sees the same values after
+    the whole forward: with hooks registered, no output buffer is reused or updated in
+    place."""
     torch.manual_seed(0)
     backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='torch').eval()
     from ops_helpers import randomise_bn
     randomise_bn(backbone)
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 64, 96))  # hooks registered after a forward count too
     held = []
     if hook_on == 'block':
         handle = backbone.layer1[0].register_forward_hook(
@@ -164,9 +168,15 @@ def test_hooked_outputs_never_change_after_return(hook_on):
     elif hook_on == 'pre_block':
         handle = backbone.layer1[1].register_forward_pre_hook(
             lambda m, a: held.append((a[0], a[0].clone())))
-    else:
+    elif hook_on == 'stage':
         handle = backbone.layer1.register_forward_hook(
             lambda m, a, out: held.append((out, out.clone())))
+    elif hook_on == 'masker':  # layer1[2] is an identity block: it writes into its input
+        handle = backbone.layer1[2].masker.register_forward_hook(
+            lambda m, a, out: held.append((a[0], a[0].clone())))
+    else:
+        handle = backbone.layer1[2].masker.register_forward_pre_hook(
+            lambda m, a: held.append((a[0], a[0].clone())))
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad(), backbone.pinned_masks(0.5, seed=1):
         backbone(x)
@@ -296,6 +306,47 @@ def test_off_runs_no_triton(monkeypatch):
         for mode in ('off', 'torch'):
             backbone.sparse_inference = mode
             backbone(x)
+
+
+def test_off_after_triton_runs_no_triton(monkeypatch):
+    """Once a forward resolved Triton, 'off' (through the backbone's setter, or a block's own
+    attribute) runs no Triton kernel: the masker's fused decision follows the resolution."""
+    import lasnet_mmdet.ops.triton.masker as masker
+
+    def boom(*args, **kwargs):
+        raise AssertionError('the Triton masker ran')
+    # one stage: interpreted Triton kernels are slow
+    backbone = LASResNet(depth=50, num_stages=1, strides=(1, ), dilations=(1, ),
+                         out_indices=(0, ), granularity=4, sparse_inference='triton',
+                         cuda_graph=False).eval().to(DEVICE)
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    blocks = [block for _, block in backbone.las_blocks()]
+    with torch.no_grad():
+        backbone(x)
+        assert all(block.masker.use_triton for block in blocks)
+        monkeypatch.setattr(masker, 'masker_decision', boom)
+        assert isinstance(type(backbone).sparse_inference, property)
+        backbone.sparse_inference = 'off'  # the setter: every block follows
+        assert all(block.sparse_inference == 'off' for block in blocks)
+        backbone(x)
+        assert not any(block.masker.use_triton for block in blocks)
+        # a block switched on its own (no cache invalidation): the early return resets it
+        block = make_block(64, 16, 2, 1, False).to(DEVICE)
+        block_x = torch.randn(1, 64, 8, 8, device=DEVICE)
+        monkeypatch.undo()
+        block.sparse_inference = 'triton'
+        block(block_x)
+        assert block.masker.use_triton
+        monkeypatch.setattr(masker, 'masker_decision', boom)
+        block.sparse_inference = 'off'
+        block(block_x)
+        assert not block.masker.use_triton
+        # invalidation (weights or mode changed) forgets the flag with the backend
+        block.sparse_inference = 'triton'
+        monkeypatch.undo()
+        block(block_x)
+        block.invalidate_cache()
+        assert not block.masker.use_triton
 
 
 def test_bad_inputs_name_the_bad_value():

@@ -18,6 +18,8 @@ CUDA = torch.cuda.is_available()
 DEVICE = 'cuda' if CUDA else 'cpu'
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
 
+pytestmark = pytest.mark.usefixtures('no_tf32')  # tests/conftest.py: fp32 references in fp32
+
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('batch,c,h,w', [(1, 64, 16, 24), (2, 24, 13, 7), (1, 8, 2, 3)])
@@ -45,3 +47,27 @@ def test_stem_pool_names_bad_arguments():
     with pytest.raises(ValueError, match='smaller than the pooling window'):
         stem_pool(torch.zeros(1, 4, 1, 1, device=DEVICE), torch.zeros(4, device=DEVICE),
                   kernel=5, padding=1)
+
+
+@pytest.mark.parametrize('ceil_mode', [False, True], ids=['fused', 'ceil-mode-pool-alone'])
+def test_las_backbone_with_the_fused_stem_equals_off(ceil_mode):
+    """The Triton backbone (its stem through ``stem_pool``; a max-pool it cannot take, e.g.
+    ceil_mode, runs on its own) gives the dense-masked path's outputs."""
+    from ops_helpers import randomise_bn
+
+    from lasnet_mmdet.models import LASResNet
+    torch.manual_seed(0)
+    backbone = LASResNet(depth=50, num_stages=1, out_indices=(0, ), strides=(1, ),
+                         dilations=(1, ), granularity=(2, ), sparse_inference='off').eval()
+    randomise_bn(backbone)  # a non-zero stem bias
+    backbone.maxpool.ceil_mode = ceil_mode
+    assert (backbone._fusable_maxpool() is None) == ceil_mode
+    backbone.to(DEVICE)
+    x = torch.randn(1, 3, 37, 45, device=DEVICE)
+    with torch.no_grad(), backbone.pinned_masks(0.5, seed=1):
+        ref = backbone(x)
+        backbone.sparse_inference = 'triton'
+        out = backbone(x)
+    for o, r in zip(out, ref):
+        assert o.shape == r.shape
+        assert (o - r).abs().max() <= 1e-4 * r.abs().max()

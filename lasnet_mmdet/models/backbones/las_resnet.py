@@ -13,7 +13,7 @@ so the backbone keeps mmdet's contract of returning the tuple of feature maps.
 Inference state (the backend each block runs, BN folded into the convs, CUDA graphs per input
 shape) is derived once and kept until it can be stale: ``train()``/``eval()``,
 ``load_state_dict``, ``.to()``/``.half()``, or a change of ``sparse_inference``. Weights edited
-in place in eval mode need ``backbone.invalidate_cache()``.
+in place (or modules replaced) in eval mode need ``backbone.invalidate_cache()``.
 """
 import math
 import numbers
@@ -107,6 +107,7 @@ class LASBottleneck(Bottleneck):
         self._resolved_for = None
         self._backend = None
         self._folded = {}
+        self.masker.use_triton = False
 
     def train(self, mode=True):
         self.invalidate_cache()
@@ -131,7 +132,13 @@ class LASBottleneck(Bottleneck):
         return self._folded[key]
 
     def sparse_backend(self, x):
-        """'torch' / 'triton' when this call runs sparse, None when it runs dense-masked."""
+        """'torch' / 'triton' when this call runs sparse, None when it runs dense-masked; the
+        masker's fused Triton decision is on exactly when this call runs Triton."""
+        backend = self._call_backend(x)
+        self.masker.use_triton = backend == 'triton'
+        return backend
+
+    def _call_backend(self, x):
         if self.training or self.sparse_inference == 'off':
             return None
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
@@ -143,7 +150,6 @@ class LASBottleneck(Bottleneck):
         key = (self.sparse_inference, x.device, x.dtype)
         if self._resolved_for != key:
             self._backend = self._resolve(x.device, x.dtype)
-            self.masker.use_triton = self._backend == 'triton'
             self._resolved_for = key
         return self._backend
 
@@ -324,7 +330,7 @@ class LASResNet(ResNet):
             CUDA graph per input shape (and dtype / autocast state) and replay it: removes
             the host overhead of ~200 small launches. Up to ``cuda_graph_cache`` graphs are
             kept (least recently used evicted). Off while forward hooks are registered on
-            blocks or stages (a replay would not call them).
+            any module of the stages (a replay would not call them).
         cuda_graph_cache (int): How many graphs to keep.
     """
 
@@ -368,6 +374,7 @@ class LASResNet(ResNet):
         self._pin_epoch = 0  # bumped whenever pinned masks change (graphs hold the masks)
         self._mask_layouts = {}
         self._hooked = None  # whether hooks saw the blocks at the last eval forward
+        self._stage_modules = None  # every module of the stages (the hook check reads them)
         self.invalidate_cache()
 
     def make_res_layer(self, **kwargs):
@@ -437,11 +444,13 @@ class LASResNet(ResNet):
     # --- inference state, derived once ------------------------------------------------------
     def invalidate_cache(self):
         """Forget everything derived from the weights for inference: folded BN, resolved
-        backends, CUDA graphs. Automatic on ``train()``/``eval()``, ``load_state_dict``,
-        ``.to()``; call it after editing weights in place in eval mode."""
+        backends, CUDA graphs, the hook check's module list. Automatic on
+        ``train()``/``eval()``, ``load_state_dict``, ``.to()``; call it after editing weights
+        in place (or replacing modules) in eval mode."""
         self._stem_folded = {}
         self._backends = {}
         self._graphs.clear()
+        self._stage_modules = None
         for _, block in self.las_blocks():
             block.invalidate_cache()
 
@@ -451,6 +460,7 @@ class LASResNet(ResNet):
         if hasattr(self, '_graphs'):
             self._stem_folded = {}
             self._graphs.clear()
+            self._stage_modules = None
         super().train(mode)  # mmdet's ResNet.train returns None; nn.Module's returns self
         return self
 
@@ -501,12 +511,16 @@ class LASResNet(ResNet):
             return self._sparse_forward(x)
 
     def _hooks_see_blocks(self):
-        """Whether a forward (pre-)hook can see a block's or a stage's input or output."""
+        """Whether a forward (pre-)hook can see a block's input or output: one on any module
+        of the stages (a masker's input is the previous block's output). The module list is
+        kept until ``train()``/``eval()`` or ``invalidate_cache()``; the hooks are read on
+        every call."""
         if _global_forward_hooks or _global_forward_pre_hooks:
             return True
-        modules = [getattr(self, name) for name in self.res_layers]
-        modules += [block for _, block in self.las_blocks()]
-        return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+        if self._stage_modules is None:
+            self._stage_modules = [module for name in self.res_layers
+                                   for module in getattr(self, name).modules()]
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self._stage_modules)
 
     def _records_grad(self):
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
@@ -528,6 +542,22 @@ class LASResNet(ResNet):
                 backend = 'torch'
             self._backends[key] = backend
         return backend
+
+    def _fusable_maxpool(self):
+        """``(kernel, stride, padding)`` of the stem's max-pool when ``stem_pool`` can take it
+        (a square ``nn.MaxPool2d`` without dilation or ceil mode, as mmdet builds it), else
+        None (it then runs on its own)."""
+        pool = self.maxpool
+        if not isinstance(pool, torch.nn.MaxPool2d) or pool.ceil_mode:
+            return None
+        args = []
+        for value in (pool.kernel_size, pool.stride, pool.padding, pool.dilation):
+            value = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+            if len(value) != 2 or value[0] != value[1]:
+                return None
+            args.append(value[0])
+        kernel, stride, padding, dilation = args
+        return (kernel, stride, padding) if dilation == 1 and padding <= kernel // 2 else None
 
     @staticmethod
     def _cast_dtype(x):
@@ -569,20 +599,29 @@ class LASResNet(ResNet):
     def _sparse_forward(self, x):
         """mmdet's ResNet forward on the sparse blocks, in autocast's dtype when it is on, the
         stem's BN folded into its conv (the stem maps are the largest of the network: one pass
-        over them fewer). Each stage output is copied to a fresh NCHW tensor as soon as its
-        stage ends, before the workspace reuses its buffer (``lasnet_mmdet.ops.workspace``)."""
+        over them fewer; with the Triton backend the conv runs without bias and one launch
+        adds the bias, applies the ReLU and max-pools, ``ops.triton.stem_pool``). Each stage
+        output is copied to a fresh NCHW tensor as soon as its stage ends, before the
+        workspace reuses its buffer (``lasnet_mmdet.ops.workspace``)."""
         dtype = self._cast_dtype(x)
         use_triton = self._stem_backend(x) == 'triton'
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(dtype)
+            pool = self._fusable_maxpool() if use_triton else None
             if self.deep_stem or not isinstance(self.norm1, _BatchNorm):
                 x = self.stem(x) if self.deep_stem else self.relu(self.norm1(self.conv1(x)))
+                x = self.maxpool(x)
             else:
                 if dtype not in self._stem_folded:
                     self._stem_folded[dtype] = fold_conv(self.conv1, self.norm1, dtype)
                 weight, bias = self._stem_folded[dtype]
-                x = F.conv2d(x, weight, bias, self.conv1.stride, self.conv1.padding).relu_()
-            x = self.maxpool(x)
+                if pool is None:
+                    x = F.conv2d(x, weight, bias, self.conv1.stride, self.conv1.padding).relu_()
+                    x = self.maxpool(x)
+                else:
+                    from ...ops.triton.stem_pool import stem_pool
+                    x = stem_pool(F.conv2d(x, weight, None, self.conv1.stride,
+                                           self.conv1.padding), bias, *pool)
             outs = []
             for i, layer_name in enumerate(self.res_layers):
                 x = getattr(self, layer_name)(x)
