@@ -8,12 +8,15 @@ files hold, with the dense model as a reference.
 RESULTS are the files of ``tools/test.py --las-results OUT.json`` (or mmengine's own
 ``{work_dir}/{timestamp}/{timestamp}.json`` of a test run). The dense model's AP is drawn as a
 horizontal line; its cost is the LAS runs' dense cost (``las/gmacs_dense``, the predictor's
-static latency), and its measured latency where its own file has one.
+static latency), and its measured latency where its own file has one (``tools/test.py
+--measure-latency`` on the dense detector). Measured latencies are the median per image where
+a file has it (robust to other jobs on a shared machine), else the mean.
 """
 import argparse
 import json
 import os
 import os.path as osp
+import stat
 import sys
 import tempfile
 
@@ -21,6 +24,8 @@ AP_KEYS = (('coco/bbox_mAP', 'bbox AP'), ('coco/segm_mAP', 'segm AP'))
 COST_AXES = (('las/gmacs_dynamic', 'backbone GMACs per image'),
              ('las/pred_latency_ms', 'predicted backbone latency (ms)'),
              ('las/measured_latency_ms', 'measured backbone latency (ms)'))
+# Read in preference to the axis' key where a file has it.
+PREFERRED = {'las/measured_latency_ms': 'las/measured_latency_median_ms'}
 
 
 def parse_args(argv=None):
@@ -57,6 +62,11 @@ def load_results(path):
     return metrics, data.get('latency_profile')
 
 
+def cost(metrics, key):
+    """The x of ``metrics`` on the axis of ``key`` (None where the file has none)."""
+    return metrics.get(PREFERRED.get(key), metrics.get(key))
+
+
 def dense_costs(runs, dense):
     """The dense model's x on each cost axis (None where unknown)."""
     def mean(values):
@@ -65,17 +75,19 @@ def dense_costs(runs, dense):
 
     static_ms = [m['las/pred_latency_ms'] / m['las/pred_latency_ratio'] for m in runs
                  if m.get('las/pred_latency_ratio')]
+    dense = dense or {}
     return {'las/gmacs_dynamic': mean([m.get('las/gmacs_dense') for m in runs]),
-            'las/pred_latency_ms': mean(static_ms),
-            'las/measured_latency_ms': (dense or {}).get('las/measured_latency_ms')}
+            'las/pred_latency_ms': mean(static_ms) or dense.get('las/pred_latency_ms'),
+            'las/measured_latency_ms': cost(dense, 'las/measured_latency_ms')}
 
 
 def plot(runs, labels, out, dense=None, title='', profile=None):
-    """Write the figure of ``runs`` (metrics dicts) to ``out``; ``profile`` names the
-    hardware profile of the predicted latencies."""
+    """Write the figure of ``runs`` (metrics dicts) to ``out`` and return it; ``profile``
+    names the hardware profile of the predicted latencies."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    axes_keys = [(key, name) for key, name in COST_AXES if any(key in m for m in runs)]
+    axes_keys = [(key, name) for key, name in COST_AXES
+                 if any(cost(m, key) is not None for m in runs)]
     if not axes_keys:
         raise ValueError('no results file has a backbone cost (las/gmacs_dynamic ...): were '
                          'they written by tools/test.py on a LAS detector?')
@@ -86,16 +98,17 @@ def plot(runs, labels, out, dense=None, title='', profile=None):
     for i, (x_key, x_name) in enumerate(axes_keys):
         ax = fig.add_subplot(1, len(axes_keys), i + 1)
         for ap_key, ap_name in ap_keys:
-            points = sorted((m[x_key], m[ap_key], label) for m, label in zip(runs, labels)
-                            if x_key in m and ap_key in m)
+            points = sorted((cost(m, x_key), m[ap_key], label)
+                            for m, label in zip(runs, labels)
+                            if cost(m, x_key) is not None and ap_key in m)
             if not points:
                 continue
             xs, ys, names = zip(*points)
             ax.plot(xs, ys, 'o-', color=colors[ap_key], label=f'LAS {ap_name}')
-            if ap_key == ap_keys[0][0]:  # one label per run
-                for x, y, name in points:
-                    ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, 4),
-                                fontsize=7)
+            if ap_key == ap_keys[0][0]:  # one label per run, alternately above and below
+                for j, (x, y, name) in enumerate(points):
+                    ax.annotate(name, (x, y), textcoords='offset points',
+                                xytext=(4, 4 if j % 2 == 0 else -11), fontsize=7)
             if dense is not None and ap_key in dense:
                 ax.axhline(dense[ap_key], color=colors[ap_key], linestyle='--', linewidth=1,
                            label=f'dense {ap_name}')
@@ -107,6 +120,8 @@ def plot(runs, labels, out, dense=None, title='', profile=None):
                        label='dense backbone cost')
         if x_key == 'las/pred_latency_ms' and profile:
             x_name = f'predicted backbone latency on {profile} (ms)'
+        if x_key in PREFERRED and all(PREFERRED[x_key] in m for m in runs):
+            x_name = x_name.replace(' (ms)', ', median per image (ms)')
         ax.set_xlabel(x_name)
         ax.set_ylabel('COCO AP')
         ax.grid(alpha=0.3)
@@ -122,10 +137,23 @@ def plot(runs, labels, out, dense=None, title='', profile=None):
     os.close(fd)
     try:
         FigureCanvasAgg(fig).print_figure(tmp, dpi=120)
+        os.chmod(tmp, file_mode(out))
         os.replace(tmp, out)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+    return fig
+
+
+def file_mode(path):
+    """The permissions of the file ``path`` replaces, else those a new file gets (mkstemp
+    leaves 0o600), as lasnet_mmdet.visualization.atomic_write does it."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def main(argv=None):

@@ -12,10 +12,16 @@ dense, the spread of the rate across images).
 ``{"config", "checkpoint", "cfg_options", "latency_profile",
 "metrics": {"coco/bbox_mAP": ..., "las/...": ...}}``
 (every metric the test loop returned: COCO's and the LAS report's).
+
+On a dense detector (mmdet's ResNet), --measure-latency and --latency-profile add a
+BackboneLatencyHook: the backbone timed as a LAS backbone is, and the static ResNet's predicted
+latency, under the same metric names (``las/measured_latency_ms``, ``las/pred_latency_ms``),
+for the dense reference of tools/plot_tradeoff.py.
 """
 import argparse
 import os
 import os.path as osp
+import re
 
 import torch
 from mmengine.config import Config, DictAction
@@ -26,6 +32,9 @@ from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmdet.registry import RUNNERS
 from mmdet.utils import setup_cache_size_limit_of_dynamo
+
+# A checkpoint mmengine fetches (http://, https://, s3://, open-mmlab://, ...): not checked here.
+REMOTE = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*://')
 
 
 def parse_args(argv=None):
@@ -75,6 +84,10 @@ def parse_args(argv=None):
         path = getattr(args, flag)
         if path is not None and not path.endswith('.json'):
             parser.error(f'--{flag.replace("_", "-")} must be a .json file, got {path!r}')
+    if not osp.isfile(args.checkpoint) and not REMOTE.match(args.checkpoint):
+        parser.error(f'no such checkpoint file: {args.checkpoint!r}')
+    if args.out is not None and not osp.isdir(osp.dirname(args.out) or '.'):
+        parser.error(f'--out {args.out!r}: no such folder {osp.dirname(args.out)!r}')
     if args.las_show_masks and not (args.show or args.show_dir):
         parser.error('--las-show-masks needs --show-dir DIR (or --show)')
     if (args.las_show_stages or args.las_show_blocks) and not args.las_show_masks:
@@ -85,19 +98,31 @@ def parse_args(argv=None):
 
 
 def add_las_report(cfg, per_block=False, profile=None, measure=False, per_image_out=None):
-    """Make sure a LASReportHook runs when the backbone is a LAS backbone."""
-    if cfg.model.get('backbone', {}).get('type') != 'LASResNet':
+    """Make sure a LASReportHook runs when the backbone is a LAS backbone; for a dense one, a
+    BackboneLatencyHook when a latency is asked for (same timing, same metric names)."""
+    backbone = cfg.model.get('backbone') or {}
+    las = backbone.get('type') == 'LASResNet'
+    if not las:
         if per_image_out is not None:
             raise ValueError(f'--las-per-image needs a LAS backbone; {cfg.filename} has '
-                             f'{cfg.model.get("backbone", {}).get("type")!r}')
-        return
+                             f'{backbone.get("type")!r}')
+        if profile is not None:
+            from lasnet_mmdet.engine.hooks.utils import predictable_resnet_depth
+            try:
+                predictable_resnet_depth(backbone)
+            except ValueError as error:
+                raise ValueError(f'--latency-profile {profile}: {error}')
+        if profile is None and not measure:
+            return
+    hook_type = 'LASReportHook' if las else 'BackboneLatencyHook'
     hooks = cfg.get('custom_hooks', None) or []
-    reports = [hook for hook in hooks if hook.get('type') == 'LASReportHook']
+    reports = [hook for hook in hooks if hook.get('type') == hook_type]
     if not reports:
-        hooks.append(dict(type='LASReportHook'))
+        hooks.append(dict(type=hook_type))
         reports = hooks[-1:]
     for hook in reports:
-        hook['per_block'] = hook.get('per_block', False) or per_block
+        if las:
+            hook['per_block'] = hook.get('per_block', False) or per_block
         hook['measure'] = hook.get('measure', False) or measure
         if profile is not None:
             hook['profile'] = profile

@@ -35,8 +35,8 @@ def parse_args(argv=None):
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='score threshold of the drawn detections')
     parser.add_argument('--panel-height', type=int, default=None,
-                        help='height of each panel in pixels (default: the image height, '
-                        'kept within 256..512)')
+                        help='height of each panel in pixels (default: that of the drawn '
+                        'detections, images under 384 px enlarged, kept within 256..512)')
     parser.add_argument('--save-masks', action='store_true',
                         help='also save the mask arrays of each image (.npz)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,

@@ -1,3 +1,3 @@
-from .hooks import LASReportHook, LatencyLossHook
+from .hooks import BackboneLatencyHook, LASReportHook, LatencyLossHook
 
-__all__ = ['LASReportHook', 'LatencyLossHook']
+__all__ = ['BackboneLatencyHook', 'LASReportHook', 'LatencyLossHook']

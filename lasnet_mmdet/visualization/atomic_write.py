@@ -3,8 +3,20 @@ renamed into place (an interrupted run leaves no half-written picture, array or 
 import json
 import os
 import os.path as osp
+import stat
 import tempfile
 from contextlib import contextmanager
+
+
+def file_mode(path):
+    """The permissions ``path`` gets: those of the file it replaces, else what ``open(path,
+    'w')`` gives a new file (``0o666`` less the umask; ``mkstemp`` would leave ``0o600``)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only portable way to read it
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextmanager
@@ -15,6 +27,7 @@ def temporary_path(path, suffix):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):

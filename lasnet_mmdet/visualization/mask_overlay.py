@@ -103,8 +103,9 @@ def masks_figure(image, masks, img_shape, ori_shape, detections=None,
             a mean over blocks shows values between 0 and 1.
         img_shape, ori_shape: From the image's data sample (mmdet's metainfo).
         detections (np.ndarray, optional): The picture mmdet's visualizer drew.
-        height (int, optional): Panel height in pixels (default: the image's, kept
-            within 256..512).
+        height (int, optional): Panel height in pixels (default: that of the detections
+            picture, else the image's, kept within 256..512: a picture drawn larger than
+            the image, for legible labels, is shown at its own size).
     Returns:
         ``(figure RGB uint8 array, {panel name: rate})``; a panel's rate is its mask's mean
         over the padded input, as the backbone counts it (``las_stats``' ``rate_per_image``).
@@ -118,5 +119,6 @@ def masks_figure(image, masks, img_shape, ori_shape, detections=None,
         on_image = mask_to_image(mask, stride, img_shape, ori_shape)
         panels.append(overlay_mask(image, on_image, alpha, cmap))
         titles.append(f'{name}: rate {rates[name]:.2f}')
-    height = height or int(min(max(image.shape[0], 256), 512))
+    drawn = detections if detections is not None else image
+    height = height or int(min(max(drawn.shape[0], 256), 512))
     return panel_figure(panels, titles, height=height, cmap=cmap), rates

@@ -1,5 +1,5 @@
-"""tools/test.py's LAS flags: --las-per-image, --las-results, --las-show-masks, --fp16, and
-its argument checks, on a small trained checkpoint."""
+"""tools/test.py's LAS flags: --las-per-image, --las-results, --las-show-masks, --fp16, the
+latency of a dense detector, and its argument checks, on a small trained checkpoint."""
 import glob
 import json
 import os.path as osp
@@ -9,12 +9,21 @@ import mmcv
 import pytest
 import torch
 
-from visualization.las_test_checkpoint import DEMO, las_test_run, load_tool
+from visualization.las_test_checkpoint import (DEMO, DENSE, dense_test_run, las_test_run,
+                                               load_tool)
 
 
 @pytest.fixture(scope='module')
 def test_run(tmp_path_factory, sample_coco):
     return las_test_run(tmp_path_factory, sample_coco)
+
+
+@pytest.fixture
+def fake_checkpoint(tmp_path):
+    """An existing checkpoint path, for the checks made before the Runner loads it."""
+    path = tmp_path / 'x.pth'
+    path.write_bytes(b'')
+    return str(path)
 
 
 def test_per_image_records_average_to_the_report(test_run):
@@ -39,6 +48,7 @@ def test_per_image_records_average_to_the_report(test_run):
     assert [image['warmup'] for image in images] == [True, False, False]
     timed = [image['measured_latency_ms'] for image in images[1:]]
     assert sum(timed) / 2 == pytest.approx(metrics['las/measured_latency_ms'], rel=1e-6)
+    assert metrics['las/measured_latency_median_ms'] == pytest.approx(sum(timed) / 2, rel=1e-6)
     rates = sorted(image['act_rate'] for image in images)
     assert metrics['las/act_rate_min'] == pytest.approx(rates[0])
     assert metrics['las/act_rate_max'] == pytest.approx(rates[-1])
@@ -64,17 +74,17 @@ def test_show_dir_with_masks_adds_the_overlays(test_run):
     assert picture.shape[0] >= 256 and picture.shape[1] >= 6 * 256
 
 
-def test_fp16_and_show_masks_go_into_the_config(tmp_path):
+def test_fp16_and_show_masks_go_into_the_config(tmp_path, fake_checkpoint):
     test_tool = load_tool('test')
     cfg = test_tool.build_config(test_tool.parse_args(
-        [DEMO, 'x.pth', '--fp16', '--show-dir', 'shown', '--las-show-masks',
+        [DEMO, fake_checkpoint, '--fp16', '--show-dir', 'shown', '--las-show-masks',
          '--las-show-blocks', 'layer3.0', '--las-per-image', str(tmp_path / 'p.json')]))
     assert cfg.test_cfg.fp16 is True
     assert cfg.default_hooks.visualization.type == 'LASDetVisualizationHook'
     assert cfg.default_hooks.visualization.blocks == ['layer3.0']
     reports = [hook for hook in cfg.custom_hooks if hook['type'] == 'LASReportHook']
     assert reports and reports[0]['per_image_out'] == str(tmp_path / 'p.json')
-    plain = test_tool.build_config(test_tool.parse_args([DEMO, 'x.pth']))
+    plain = test_tool.build_config(test_tool.parse_args([DEMO, fake_checkpoint]))
     assert not plain.test_cfg.get('fp16', False)
 
 
@@ -83,20 +93,34 @@ def test_fp16_and_show_masks_go_into_the_config(tmp_path):
     (['--las-per-image', 'rates.txt'], "'rates.txt'"),
     (['--las-results', 'metrics.pkl'], "'metrics.pkl'"),
     (['--las-show-masks'], '--show-dir'),
+    (['--out', 'no_such_dir/r.pkl'], "no such folder 'no_such_dir'"),
 ])
-def test_bad_arguments_fail_before_the_runner(argv, message, tmp_path, capsys):
+def test_bad_arguments_fail_before_the_runner(argv, message, tmp_path, capsys,
+                                              fake_checkpoint):
     test_tool = load_tool('test')
     work_dir = tmp_path / 'work'
     with pytest.raises(SystemExit):
-        test_tool.main([DEMO, 'x.pth', '--work-dir', str(work_dir), *argv])
+        test_tool.main([DEMO, fake_checkpoint, '--work-dir', str(work_dir), *argv])
     assert message in capsys.readouterr().err
     assert not work_dir.exists()  # nothing created
 
 
-def test_unknown_mask_block_fails_before_the_runner(tmp_path):
+def test_missing_checkpoint_fails_before_the_runner(tmp_path, capsys):
+    test_tool = load_tool('test')
+    missing = str(tmp_path / 'missing.pth')
+    with pytest.raises(SystemExit):
+        test_tool.main([DEMO, missing, '--work-dir', str(tmp_path / 'work')])
+    assert f'no such checkpoint file: {missing!r}' in capsys.readouterr().err
+    assert not (tmp_path / 'work').exists()
+    # a URL is mmengine's to fetch: not checked here
+    args = test_tool.parse_args([DEMO, 'https://example.com/x.pth', '--out', 'r.pkl'])
+    assert args.checkpoint == 'https://example.com/x.pth'
+
+
+def test_unknown_mask_block_fails_before_the_runner(tmp_path, fake_checkpoint):
     test_tool = load_tool('test')
     with pytest.raises(SystemExit, match="unknown block 'layer3.99'"):
-        test_tool.main([DEMO, 'x.pth', '--work-dir', str(tmp_path / 'work'), '--show-dir',
+        test_tool.main([DEMO, fake_checkpoint, '--work-dir', str(tmp_path / 'work'), '--show-dir',
                         'shown', '--las-show-masks', '--las-show-blocks', 'layer3.99'])
     assert not (tmp_path / 'work').exists()
 
@@ -110,8 +134,50 @@ def test_records_of_several_ranks_come_back_in_dataset_order():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU refusal')
-def test_fp16_on_cpu_is_refused_clearly(tmp_path):
+def test_fp16_on_cpu_is_refused_clearly(tmp_path, fake_checkpoint):
     test_tool = load_tool('test')
     with pytest.raises(SystemExit, match='--fp16 needs CUDA'):
-        test_tool.main([DEMO, 'x.pth', '--work-dir', str(tmp_path / 'work'), '--fp16'])
+        test_tool.main([DEMO, fake_checkpoint, '--work-dir', str(tmp_path / 'work'), '--fp16'])
     assert not (tmp_path / 'work').exists()
+
+
+def test_a_dense_detector_is_timed_and_predicted_like_a_las_one(test_run, tmp_path_factory,
+                                                                sample_coco):
+    results, output = dense_test_run(tmp_path_factory, sample_coco)
+    with open(results) as f:
+        dense = json.load(f)
+    with open(osp.join(test_run[0], 'results.json')) as f:
+        las = json.load(f)['metrics']
+    metrics = dense['metrics']
+    assert dense['latency_profile'] == 'v100' and 'coco/bbox_mAP' in metrics
+    assert 'LAS report' not in output and 'backbone latency over 2 images' in output
+    assert 'measured backbone latency per image: mean' in output
+    # timed as the LAS backbone is: the warm-up batch left out of the mean, and the median
+    assert metrics['las/measured_latency_ms'] > 0
+    assert metrics['las/measured_latency_median_ms'] > 0
+    # the predicted static ResNet-50 is the LAS run's static reference on the same images
+    static = las['las/pred_latency_ms'] / las['las/pred_latency_ratio']
+    assert metrics['las/pred_latency_ms'] == pytest.approx(static, rel=1e-6)
+    assert metrics['las/pred_latency_ratio'] == 1.0
+    assert not any(key.startswith('las/act_rate') or key.startswith('las/gmacs')
+                   for key in metrics)
+
+
+@pytest.mark.parametrize('options, message', [
+    (['model.backbone.depth=18'], 'ResNet depths [50, 101, 152], got depth=18'),
+    (['model.backbone.deep_stem=True'], 'deep_stem=False, got deep_stem=True'),
+    (['model.backbone.type=ResNeXt'], "not 'ResNeXt'"),
+])
+def test_a_dense_backbone_the_predictor_does_not_model_is_refused(options, message, tmp_path,
+                                                                  fake_checkpoint):
+    test_tool = load_tool('test')
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        test_tool.main([DENSE, fake_checkpoint, '--work-dir', str(tmp_path / 'work'),
+                        '--latency-profile', 'v100', '--las-results', str(tmp_path / 'r.json'),
+                        '--cfg-options', *options])
+    assert not (tmp_path / 'work').exists() and not (tmp_path / 'r.json').exists()
+    # measuring alone needs no model of the backbone
+    cfg = test_tool.build_config(test_tool.parse_args(
+        [DENSE, fake_checkpoint, '--measure-latency', '--cfg-options', *options]))
+    assert [hook for hook in cfg.custom_hooks if hook['type'] == 'BackboneLatencyHook'] == \
+        [dict(type='BackboneLatencyHook', measure=True)]

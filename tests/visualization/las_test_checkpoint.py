@@ -13,9 +13,10 @@ import sys
 
 import torch
 
-from conftest import REPO, as_cli, sample_data_options
+from conftest import REPO, as_cli, resize_options, sample_data_options
 
 DEMO = 'configs/demo/mask-rcnn_las-r50-4421_fpn_sample.py'
+DENSE = 'configs/demo/mask-rcnn_r50_fpn_sample-256.py'  # mmdet's ResNet-50, 256 px
 
 
 def run_tool(args, check=True):
@@ -70,6 +71,27 @@ def las_test_run(tmp_path_factory, sample_coco):
             '--cfg-options', *demo_cli_options(sample_coco)])
         log.write_text(output)
     return str(folder), log.read_text()
+
+
+def dense_test_run(tmp_path_factory, sample_coco):
+    """``(results.json path, output)`` of tools/test.py --measure-latency --latency-profile
+    on the dense demo detector, at the LAS run's 128 px, on its first two images. Its weights
+    are the LAS checkpoint's: a LASResNet is a ResNet plus maskers, which the Runner's
+    non-strict load leaves out."""
+    from mmengine.config import Config
+    checkpoint = mixed_mask_checkpoint(tmp_path_factory, sample_coco)
+    folder = tmp_path_factory.getbasetemp() / 'dense_test_run'
+    log = folder / 'output.txt'
+    if not log.exists():
+        _, output = run_tool([
+            'tools/test.py', DENSE, checkpoint, '--work-dir', str(folder),
+            '--las-results', str(folder / 'results.json'),
+            '--latency-profile', 'v100', '--measure-latency',
+            '--cfg-options', *demo_cli_options(sample_coco),
+            *as_cli(resize_options(Config.fromfile(osp.join(REPO, DENSE)), 128)),
+            'test_dataloader.dataset.indices=2'])  # a warm-up and a timed image
+        log.write_text(output)
+    return str(folder / 'results.json'), log.read_text()
 
 
 def load_tool(name):

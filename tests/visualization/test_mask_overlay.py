@@ -45,6 +45,11 @@ def test_masks_figure_titles_carry_the_mask_rates():
     assert figure.dtype == np.uint8 and figure.ndim == 3 and figure.shape[2] == 3
     assert figure.shape[0] >= 256 and figure.shape[1] > 3 * 256  # three panels at 256 px
     assert figure.std() > 10  # something was drawn
+    # panels at the height of a detections picture drawn larger (legible labels)
+    drawn = np.kron(image, np.ones((6, 6, 1), np.uint8))  # 384 px high
+    figure, _ = masks_figure(image, {'layer4': (stage, 32)}, img_shape=(64, 96),
+                             ori_shape=(64, 96), detections=drawn)
+    assert 384 < figure.shape[0] < 384 + 40  # (and the titles)
 
 
 def test_panel_figure_needs_one_title_per_panel():
