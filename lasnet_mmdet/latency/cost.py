@@ -63,7 +63,9 @@ class LatencyCost:
                                     p, dt) for r in rates]
                 blocks[name] = (predict_static_block(shape, p, dt, deployed=True),
                                 torch.tensor(lat, dtype=torch.float64))
-            stem = (kernels_time(stem_kernels(in_h, in_w, batch, dt, folded=True), p, dt), ) * 2
+            stem = tuple(kernels_time(stem_kernels(in_h, in_w, batch, dt, folded=True,
+                                                   fused_pool=fused), p, dt)
+                         for fused in (self.schedule.stem_pool_fused, False))
             self._tables[key] = (stem, blocks)
         return self._tables[key]
 

@@ -53,6 +53,7 @@ class Schedule:
     blas_below_rows: int = 0       # CPU: GEMMs of fewer rows run BLAS (efficiency ``blas``)
     dense_block_above: float = 1.0  # run the whole block densely above this active fraction
     relu_rest_in_conv3: bool = False  # conv3's launch also writes ReLU(residual) off the mask
+    stem_pool_fused: bool = False  # the stem's ReLU and max-pool in one pass (ops.triton.stem_pool)
 
     def replace(self, **kwargs):
         return replace(self, **kwargs)
@@ -64,8 +65,9 @@ SCHEDULES = {
     'fused': Schedule(),
     # lasnet_mmdet.ops Triton backend: the same fusions on pixel rows (implicit GEMMs over
     # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3,
-    # whose launch also writes ReLU(residual) at the inactive rows).
-    'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True),
+    # whose launch also writes ReLU(residual) at the inactive rows; the stem's bias, ReLU and
+    # max-pool in one pass).
+    'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True, stem_pool_fused=True),
     # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, BLAS below ONEDNN_MIN_ROWS rows;
     # fresh outputs), explicit gathers into reused workspace buffers, index_add, ReLU passes,
     # small ops to build the row lists, BN folded everywhere, the masker as avg-pool + 1x1
@@ -432,10 +434,11 @@ def _patch_kernels(shape, granularity, rate, schedule, dtype, exact):
 
 
 def stem_kernels(in_h, in_w, batch=1, dtype='fp32', in_channels=3, stem_channels=64,
-                 folded=False):
+                 folded=False, fused_pool=False):
     """mmdet ResNet stem: 7x7/2 conv, BN, ReLU, 3x3/2 max-pool (NCHW). ``folded``: as
     ``LASResNet`` runs it in sparse inference, BN folded into a channels-last conv, ReLU in
-    place, max-pool on channels-last maps (a plain streaming pass)."""
+    place, max-pool on channels-last maps (a plain streaming pass); ``fused_pool`` (with
+    ``folded``): the bias, ReLU and max-pool in that one pass (``ops.triton.stem_pool``)."""
     b = DTYPE_BYTES[dtype]
     h, w = conv_out(in_h, 2), conv_out(in_w, 2)
     px = batch * h * w
@@ -444,6 +447,8 @@ def stem_kernels(in_h, in_w, batch=1, dtype='fp32', in_channels=3, stem_channels
                  batch * in_h * in_w * in_channels, px * stem_channels, b, nchw=not folded)
     pool_bytes = (px + batch * ph * pw) * stem_channels * b
     pool_fresh = _fresh(batch * ph * pw * stem_channels * b)
+    if folded and fused_pool:
+        return [conv, Kernel('stem.pool', bytes=pool_bytes, alloc_bytes=pool_fresh)]
     if folded:
         return [conv, _eltwise('stem.relu', px * stem_channels, b),
                 Kernel('stem.maxpool', bytes=pool_bytes, alloc_bytes=pool_fresh)]
@@ -511,8 +516,9 @@ def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101,
     rates = list(rate) if hasattr(rate, '__len__') else [rate] * len(shapes)
     if len(rates) != len(shapes):
         raise ValueError(f'need {len(shapes)} rates, got {len(rates)}')
-    stem = kernels_time(stem_kernels(in_h, in_w, batch, dtype,
-                                     folded=granularity is not None or deployed),
+    las = granularity is not None
+    stem = kernels_time(stem_kernels(in_h, in_w, batch, dtype, folded=las or deployed,
+                                     fused_pool=las and schedule.stem_pool_fused),
                         profile, dtype)
     blocks, stages = [], [0.0] * 4
     for (stage, _, shape), r in zip(shapes, rates):

@@ -70,6 +70,19 @@ def test_rows_schedule_launches_what_the_triton_backend_launches():
     assert residual.bytes + residual.gathered_bytes == dense_out
 
 
+def test_rows_schedule_runs_the_stem_epilogue_in_one_pass():
+    """The Triton backbone's stem: the conv, then bias + ReLU + max-pool in one launch
+    (``ops.triton.stem_pool``); the deployed dense stem keeps its ReLU pass."""
+    from lasnet_mmdet.latency.predictor import stem_kernels
+    fused = stem_kernels(800, 1216, 1, 'fp16', folded=True, fused_pool=True)
+    assert [k.name for k in fused] == ['stem.conv', 'stem.pool']
+    plain = stem_kernels(800, 1216, 1, 'fp16', folded=True)
+    assert [k.name for k in plain] == ['stem.conv', 'stem.relu', 'stem.maxpool']
+    rows = predict_backbone('h100', 800, 1216, (4, 4, 2, 1), 0.5, schedule='rows')
+    torch_ = predict_backbone('h100', 800, 1216, (4, 4, 2, 1), 0.5, schedule='torch')
+    assert rows['stem'] < torch_['stem']
+
+
 def test_patch_schedule_pays_the_halo_at_fine_granularity():
     names = [k.name for k in las_kernels(STAGE3, 1, 0.5, 'fused')]
     assert 'conv1' in names and 'scatter_add_relu' in names
