@@ -95,11 +95,19 @@ def parse(*args, config=CONFIG):
     (['--batch', '1', '-2'], '--batch must be >= 1, got -2'),
     (['--repeats', '0'], '--repeats must be >= 1, got 0'),
     (['--json', 'missing_dir/x.json'], 'missing_dir'),
-    (['--rate', '1.5'], '1.5'),
+    (['--rate', '1.5'], '--rate must be in [0, 1], got 1.5'),
     (['--dtype', 'fp16'], '--dtype fp16 is not supported on --device cpu'),
     (['--detector', '--dtype', 'bf16'], 'use --dtype fp32 on the CPU'),
     (['--compile'], '--compile needs --device cuda'),
     (['--stream-scale', '0'], '--stream-scale must be > 0, got 0'),
+    (['--rate', 'nan'], '--rate must be in [0, 1], got nan'),
+    (['--rates', '0.2', '-1'], '--rates must be in [0, 1], got -1.0'),
+    (['--stream-scale', 'inf'], '--stream-scale must be a finite number, got inf'),
+    (['--stream-scale', 'nan'], '--stream-scale must be a finite number, got nan'),
+    (['--granularity', '4', '4', '2'], '--granularity needs one S per stage (4), got [4, 4, 2]'),
+    (['--granularity', '4', '4', '2', '1', '1'], 'got [4, 4, 2, 1, 1]'),
+    (['--granularity', '4', '4', '2', '0'], '--granularity values must be >= 1'),
+    (['--json', '/proc/x.json'], '--json /proc/x.json: cannot write in /proc'),
 ])
 def test_bad_arguments_fail_at_once(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -113,3 +121,13 @@ def test_missing_config_fails_at_once(capsys):
         parse(config='configs/nope.py')
     assert 'configs/nope.py' in capsys.readouterr().err
     assert parse('--batch', '1', '8', '--dtype', 'fp32', 'bf16').batch == [1, 8]
+
+
+def test_json_must_be_a_writable_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse('--json', str(tmp_path))
+    assert f'--json {tmp_path}: is a directory' in capsys.readouterr().err
+    out = tmp_path / 'bench.json'
+    assert parse('--json', str(out)).json == str(out)
+    assert list(tmp_path.iterdir()) == []  # the check leaves nothing behind
+    assert parse('--granularity', '4', '4', '7', '1').granularity == [4, 4, 7, 1]

@@ -60,17 +60,23 @@ def las_test_run(tmp_path_factory, sample_coco):
     (--show-dir shown --las-show-masks)."""
     checkpoint = mixed_mask_checkpoint(tmp_path_factory, sample_coco)
     folder = tmp_path_factory.getbasetemp() / 'las_test_run'
+    output = _run_once(folder, [
+        'tools/test.py', DEMO, checkpoint, '--work-dir', str(folder),
+        '--las-results', str(folder / 'results.json'),
+        '--las-per-image', str(folder / 'per_image.json'), '--las-per-block',
+        '--latency-profile', 'v100', '--measure-latency',
+        '--show-dir', 'shown', '--las-show-masks',
+        '--cfg-options', *demo_cli_options(sample_coco)])
+    return str(folder), output
+
+
+def _run_once(folder, args):
+    """The output of ``run_tool(args)``, run once per session (kept in ``folder``)."""
     log = folder / 'output.txt'
     if not log.exists():
-        _, output = run_tool([
-            'tools/test.py', DEMO, checkpoint, '--work-dir', str(folder),
-            '--las-results', str(folder / 'results.json'),
-            '--las-per-image', str(folder / 'per_image.json'), '--las-per-block',
-            '--latency-profile', 'v100', '--measure-latency',
-            '--show-dir', 'shown', '--las-show-masks',
-            '--cfg-options', *demo_cli_options(sample_coco)])
+        _, output = run_tool(args)
         log.write_text(output)
-    return str(folder), log.read_text()
+    return log.read_text()
 
 
 def dense_test_run(tmp_path_factory, sample_coco):
@@ -81,17 +87,14 @@ def dense_test_run(tmp_path_factory, sample_coco):
     from mmengine.config import Config
     checkpoint = mixed_mask_checkpoint(tmp_path_factory, sample_coco)
     folder = tmp_path_factory.getbasetemp() / 'dense_test_run'
-    log = folder / 'output.txt'
-    if not log.exists():
-        _, output = run_tool([
-            'tools/test.py', DENSE, checkpoint, '--work-dir', str(folder),
-            '--las-results', str(folder / 'results.json'),
-            '--latency-profile', 'v100', '--measure-latency',
-            '--cfg-options', *demo_cli_options(sample_coco),
-            *as_cli(resize_options(Config.fromfile(osp.join(REPO, DENSE)), 128)),
-            'test_dataloader.dataset.indices=2'])  # a warm-up and a timed image
-        log.write_text(output)
-    return str(folder / 'results.json'), log.read_text()
+    output = _run_once(folder, [
+        'tools/test.py', DENSE, checkpoint, '--work-dir', str(folder),
+        '--las-results', str(folder / 'results.json'),
+        '--latency-profile', 'v100', '--measure-latency',
+        '--cfg-options', *demo_cli_options(sample_coco),
+        *as_cli(resize_options(Config.fromfile(osp.join(REPO, DENSE)), 128)),
+        'test_dataloader.dataset.indices=2'])  # a warm-up and a timed image
+    return str(folder / 'results.json'), output
 
 
 def load_tool(name):
