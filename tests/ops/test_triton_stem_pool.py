@@ -71,3 +71,17 @@ def test_las_backbone_with_the_fused_stem_equals_off(ceil_mode):
     for o, r in zip(out, ref):
         assert o.shape == r.shape
         assert (o - r).abs().max() <= 1e-4 * r.abs().max()
+
+
+@pytest.mark.skipif(CUDA, reason='checks the refusal without a CUDA device')
+def test_benchmark_tool_refuses_to_run_without_cuda(capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[2] / 'tools' / 'benchmark_stem_pool.py'
+    spec = importlib.util.spec_from_file_location('benchmark_stem_pool', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(['--batch', '1'])
+    assert exit_info.value.code == 2
+    assert 'needs a CUDA device' in capsys.readouterr().err
