@@ -20,8 +20,8 @@ time over the layers of that key, and prints the table to paste into
 ``lasnet_mmdet/ops/triton/gemm.py`` (``HOPPER_16BIT`` / ``HOPPER_32BIT`` for sm_90; or point
 ``LASNET_TRITON_TILES`` at the ``--json`` file): where the smallest and the largest batch pick
 different tiles, a ``Tiles`` entry switches between them at the geometric mean of their
-largest row counts. It also times the previous conv3x3 kernel (nested tap / channel loops)
-for comparison. CUDA only.
+largest row counts. CUDA only. (An earlier version also timed the nested-loop conv3x3 kernel
+that the single K loop replaced; docs/sparse_ops.md keeps that comparison.)
 
 Measured on an H100 (``--tune --batch 1 8 --rep 10``): docs/sparse_ops.md, raw results in
 docs/sparse_ops_results/h100_tune_fp16.json.
@@ -35,7 +35,6 @@ import sys
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # lasnet_mmdet from a checkout
 
@@ -57,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument('--rate', type=float, default=0.5)
     p.add_argument('--dtype', choices=sorted(DTYPES), default='fp16')
     p.add_argument('--granularity', type=int, nargs=4, default=[4, 4, 2, 1])
+    p.add_argument('--weight-layout', choices=('kn', 'nk'),
+                   help="the GEMM weights' layout (default: the library's, "
+                   "lasnet_mmdet.ops.weight_layout('triton', dtype))")
     p.add_argument('--tune', action='store_true', help='time every candidate tile, print table')
     p.add_argument('--rep', type=float, default=20, help='do_bench repetition time (ms)')
     p.add_argument('--json', help='write the results here')
@@ -105,7 +107,7 @@ def layers(in_h, in_w):
 class Layer:
     """Inputs of one layer's sparse kernel and of its dense conv, on the GPU."""
 
-    def __init__(self, lay, batch, rate, granularity, dtype, seed=0):
+    def __init__(self, lay, batch, rate, granularity, dtype, weight_layout, seed=0):
         from lasnet_mmdet.ops.triton.compact import compact_rows
         g = torch.Generator(device='cuda').manual_seed(seed)
         self.lay, dev = lay, 'cuda'
@@ -140,7 +142,10 @@ class Layer:
                 randn(batch * oh * ow, n), batch * oh * ow
             self.res = randn(batch * oh * ow, n)
             self.rows_done, dense_in, dense_stride = n_active, (oh, ow), 1
+        # A K x N view either way; 'nk' stores it N x K (K contiguous), as the backbone folds.
         self.w = (randn(k, n).float() / math.sqrt(k)).to(dtype)
+        if weight_layout == 'nk':
+            self.w = self.w.t().contiguous().t()
         self.b = randn(n)
 
         # Dense: the conv on the whole map, channels-last, bias = folded BN.
@@ -183,68 +188,21 @@ def bench(fn, rep):
     return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode='median')
 
 
-# --- the conv3x3 kernel before this version (loop over taps, inner loop over channels), for
-# comparison only: the pipeliner could not prefetch across taps ------------------------------
-@triton.jit
-def nested_conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C, N, H, W,
-                               Ho, Wo, STRIDE: tl.constexpr, BLOCK_M: tl.constexpr,
-                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    count = tl.load(count_ptr)
-    if pid_m * BLOCK_M >= count:
-        return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < count
-    rows = tl.load(rows_ptr + offs_m, mask=m_ok, other=0)
-    b = rows // (Ho * Wo)
-    oy = (rows // Wo) % Ho
-    ox = rows % Wo
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in tl.static_range(9):
-        iy = oy * STRIDE - 1 + tap // 3
-        ix = ox * STRIDE - 1 + tap % 3
-        ok = m_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        src = ((b * H + iy) * W + ix).to(tl.int64)
-        for k0 in range(0, C, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < C
-            a = tl.load(x_ptr + src[:, None] * C + offs_k[None, :],
-                        mask=ok[:, None] & k_ok[None, :], other=0.0)
-            wb = tl.load(w_ptr + (tap * C + offs_k)[:, None] * N + offs_n[None, :],
-                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(a, wb, acc)
-    acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    acc = tl.maximum(acc, 0.0)
-    out_offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
-
-
-def nested_conv3x3(L, tile):
-    lay, t = L.lay, tile
-    grid = (triton.cdiv(L.max_rows, t[0]), triton.cdiv(lay['N'], t[1]))
-    return lambda: nested_conv3x3_rows_kernel[grid](
-        L.x, L.w, L.b, L.out, L.active, L.counts[1:], lay['K'] // 9, lay['N'], *lay['in_hw'],
-        *lay['out_hw'], STRIDE=lay['stride'], BLOCK_M=t[0], BLOCK_N=t[1], BLOCK_K=t[2],
-        num_warps=t[3], num_stages=t[4])
-
-
 def run(args):
+    from lasnet_mmdet.ops import weight_layout
     from lasnet_mmdet.ops.triton.gemm import Tile, tile_config
     torch.backends.cudnn.benchmark = True
     dtype = DTYPES[args.dtype]
+    layout = args.weight_layout or weight_layout('triton', dtype)
     res = dict(device=torch.cuda.get_device_name(), capability=torch.cuda.get_device_capability(),
                torch=torch.__version__, triton=__import__('triton').__version__,
                dtype=args.dtype, shape=args.shape, rate=args.rate,
-               granularity=args.granularity, layers=[])
+               granularity=args.granularity, weight_layout=layout, layers=[])
     tune = {}  # (kernel, N, K) -> batch -> {tile: [t / best per layer]}
     max_rows = {}  # (kernel, N, K) -> batch -> the largest row list of its layers
     for batch in args.batch:
         for lay in layers(*args.shape):
-            L = Layer(lay, batch, args.rate, args.granularity, dtype)
+            L = Layer(lay, batch, args.rate, args.granularity, dtype, layout)
             tile = tile_config(lay['kernel'], lay['N'], lay['K'], dtype, torch.device('cuda'),
                                L.max_rows)
             t_sparse, t_dense = bench(L.sparse(), args.rep), bench(L.dense(), args.rep)
@@ -268,9 +226,6 @@ def run(args):
                 row['candidates'] = {str(list(c)): t for c, t in cands.items()}
                 row['best_tile'] = list(min(cands, key=cands.get))
                 row['best_ms'] = best
-                if lay['kernel'] == 'conv3x3':  # the previous kernel, its autotune set
-                    row['nested_best_ms'] = min(bench(nested_conv3x3(L, c), args.rep)
-                                                for c in CANDIDATES[:4])
                 key = (lay['kernel'], lay['N'], lay['K'])
                 for c, t in cands.items():
                     tune.setdefault(key, {}).setdefault(batch, {}).setdefault(c, []).append(
@@ -283,9 +238,7 @@ def run(args):
                   f"{row['sparse_tflops']:6.1f} TFLOP/s | cuDNN dense {t_dense * 1e3:8.1f} us "
                   f"{row['dense_tflops']:6.1f} TFLOP/s"
                   + (f" | best {row['best_tile']} {row['best_ms'] * 1e3:.1f} us"
-                     if args.tune else '')
-                  + (f" (nested-loop kernel {row['nested_best_ms'] * 1e3:.1f} us)"
-                     if 'nested_best_ms' in row else ''), flush=True)
+                     if args.tune else ''), flush=True)
             del L
     res['stages'] = stage_summary(res['layers'])
     for s in res['stages']:

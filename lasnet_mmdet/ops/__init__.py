@@ -18,8 +18,8 @@ import os
 
 import torch
 
-from .fold_bn import (WEIGHT_LAYOUTS, FoldedBottleneck, fold_bottleneck, fold_conv,
-                      is_foldable_downsample)
+from .fold_bn import (FoldedBottleneck, fold_bottleneck, fold_conv, is_foldable_downsample,
+                      weight_layout)
 from .geometry import coarse_shape
 from .torch_backend import torch_forward
 
@@ -30,9 +30,9 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # need triton.
 TRITON_INDEX_OPS = 2
 
-__all__ = ['BACKENDS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS', 'WEIGHT_LAYOUTS', 'FoldedBottleneck',
+__all__ = ['BACKENDS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS', 'FoldedBottleneck',
            'fold_bottleneck', 'fold_conv', 'is_foldable_downsample', 'resolve_backend',
-           'sparse_bottleneck', 'triton_available', 'triton_interpreting']
+           'sparse_bottleneck', 'triton_available', 'triton_interpreting', 'weight_layout']
 
 
 def triton_available():
@@ -71,14 +71,15 @@ def _check_inputs(x, coarse, weights, granularity, stride, backend):
                          f'S={granularity} and stride {stride}, got {tuple(coarse.shape)}')
     if coarse.device != x.device:
         raise ValueError(f'coarse mask is on {coarse.device}, x on {x.device}')
-    if weights.layout != WEIGHT_LAYOUTS[backend]:
-        raise ValueError(f"sparse backend {backend!r} takes weights folded with layout="
-                         f"{WEIGHT_LAYOUTS[backend]!r}, got {weights.layout!r}")
+    if weights.w1.dtype != x.dtype:
+        raise ValueError(f'weights are {weights.w1.dtype}, x is {x.dtype}')
+    layout = weight_layout(backend, x.dtype)
+    if weights.layout != layout:
+        raise ValueError(f"sparse backend {backend!r} takes {x.dtype} weights folded with "
+                         f"layout={layout!r}, got {weights.layout!r}")
     in_c = weights.w1.shape[0 if weights.layout == 'kn' else 1]
     if in_c != x.shape[1]:
         raise ValueError(f'weights expect {in_c} input channels, x has {x.shape[1]}')
-    if weights.w1.dtype != x.dtype:
-        raise ValueError(f'weights are {weights.w1.dtype}, x is {x.dtype}')
     if backend == 'triton' and x.dtype not in TRITON_DTYPES:
         raise ValueError(f"sparse backend 'triton' supports {TRITON_DTYPES}, got {x.dtype}")
 
@@ -91,7 +92,8 @@ def sparse_bottleneck(x, coarse, weights, granularity, stride, backend='torch',
         x (Tensor): Block input ``(B, C_in, H, W)``.
         coarse (Tensor): Coarse mask ``(B, 1, ceil(H_o/S), ceil(W_o/S))`` in {0, 1}.
         weights (FoldedBottleneck): conv1..conv3 (and the downsample) with BN folded, in x's
-            dtype and the backend's layout (``fold_bottleneck(..., WEIGHT_LAYOUTS[backend])``).
+            dtype and the backend's layout (``fold_bottleneck(..., weight_layout(backend,
+            dtype))``).
         granularity (int): Patch size S.
         stride (int): The block's stride (on conv2, pytorch style).
         backend (str): 'torch' or 'triton' (``resolve_backend`` picks one for 'auto').

@@ -3,8 +3,9 @@
 Both sparse backends run GEMMs of the form ``rows(K) @ W + bias``, so the folded weights of
 conv1..conv3 are matrices, the 3x3 conv's K ordered (dy, dx, c_in) to match the order in which
 its nine taps are gathered. Their layout is the one the backend's GEMM reads fastest
-(``WEIGHT_LAYOUTS``): K x N ('kn') for the Triton kernels, N x K ('nk', a 1x1 conv's weight)
-for the PyTorch backend, whose CPU GEMMs are oneDNN 1x1 convolutions. The downsample (1x1 conv
+(``weight_layout``): N x K ('nk', a 1x1 conv's weight) for the PyTorch backend, whose CPU GEMMs
+are oneDNN 1x1 convolutions, and for the Triton kernels in fp32; K x N ('kn') for the Triton
+kernels in fp16 / bf16. The downsample (1x1 conv
 + BN) and the stem are folded into one 4-D channels-last conv each. These are pure functions:
 the block that owns the modules caches their results and drops the cache when its weights
 change.
@@ -19,8 +20,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 # block).
 FoldedBottleneck = namedtuple('FoldedBottleneck',
                               'w1 b1 w2 b2 w3 b3 ds_weight ds_bias ds_stride layout')
-# The GEMM weight layout each sparse backend takes.
-WEIGHT_LAYOUTS = {'torch': 'nk', 'triton': 'kn'}
+
+
+def weight_layout(backend, dtype):
+    """The GEMM weight layout sparse ``backend`` takes in ``dtype``: 'kn' or 'nk'.
+
+    Hopper's TF32 tensor-core instruction reads its B operand K-contiguous only: from a K x N
+    weight Triton copies it into shared memory 4 bytes at a time (transposing), from N x K 16
+    bytes at a time. 16-bit products take either; their tiles were tuned on K x N."""
+    if backend == 'triton' and dtype != torch.float32:
+        return 'kn'
+    return 'nk'
 
 
 def _bn_scale_shift(bn):
@@ -63,7 +73,7 @@ def is_foldable_downsample(ds):
 
 def fold_bottleneck(convs, norms, downsample, dtype, layout='kn'):
     """``FoldedBottleneck`` of conv1..conv3 with their BNs and a foldable downsample (or None),
-    GEMM weights in ``layout`` (``WEIGHT_LAYOUTS[backend]``)."""
+    GEMM weights in ``layout`` (``weight_layout(backend, dtype)``)."""
     folded = []
     for conv, bn in zip(convs, norms):
         folded += fold_gemm(conv, bn, dtype, layout)

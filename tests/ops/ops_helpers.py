@@ -3,7 +3,7 @@ import torch.nn as nn
 
 from lasnet_mmdet.models.backbones.las_resnet import LASBottleneck
 from lasnet_mmdet.models.layers.masker import random_coarse_mask
-from lasnet_mmdet.ops import WEIGHT_LAYOUTS, sparse_bottleneck
+from lasnet_mmdet.ops import BACKENDS, sparse_bottleneck
 from lasnet_mmdet.ops.geometry import conv_out, upsample_mask
 
 
@@ -56,6 +56,6 @@ def dense_masked_forward(block, x, coarse):
 def sparse_forward(block, x, coarse, backend, reuse_output=False):
     """The ops' tensor API on ``block``'s folded weights."""
     # (an unknown backend gets the torch layout: sparse_bottleneck must refuse it by name)
-    layout_of = backend if backend in WEIGHT_LAYOUTS else 'torch'
+    layout_of = backend if backend in BACKENDS else 'torch'
     return sparse_bottleneck(x, coarse, block.folded_weights(x.dtype, layout_of),
                              block.granularity, block.stride, backend, reuse_output=reuse_output)

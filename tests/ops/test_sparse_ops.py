@@ -437,3 +437,13 @@ def test_nan_pixel_same_in_dense_masked_and_sparse(execute_bias, monkeypatch):
     for o, r in zip(out, ref):
         assert torch.equal(o.isnan(), r.isnan())
         assert_close_to_scale(torch.nan_to_num(o), torch.nan_to_num(r), 1e-4)
+
+
+def test_weight_layout_per_backend_and_dtype():
+    """N x K for the torch backend and for fp32 Triton (Hopper's TF32 MMA reads B along K),
+    K x N for 16-bit Triton; the Triton launcher takes either (through the strides)."""
+    from lasnet_mmdet.ops import weight_layout
+    assert weight_layout('torch', torch.float32) == weight_layout('torch', torch.float16) == 'nk'
+    assert weight_layout('triton', torch.float32) == 'nk'
+    assert weight_layout('triton', torch.float16) == weight_layout('triton', torch.bfloat16) \
+        == 'kn'

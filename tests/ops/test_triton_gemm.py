@@ -49,11 +49,17 @@ def _row_list(total, fraction, seed):
     return torch.randperm(total, generator=g)[:n].to(torch.int32).to(DEVICE)
 
 
+def _as_layout(w_kn, layout):
+    """The K x N weight as given ('kn'), or as the K x N view of an N x K tensor ('nk')."""
+    return w_kn if layout == 'kn' else w_kn.t().contiguous().t()
+
+
+@pytest.mark.parametrize('layout', ['kn', 'nk'])
 @pytest.mark.parametrize('ieee', [True, False])
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('batch,c,n,h,w,stride', [(2, 16, 32, 7, 9, 1), (1, 48, 16, 9, 6, 2),
                                                   (1, 64, 64, 5, 5, 1)])
-def test_conv3x3_rows_equals_conv2d(batch, c, n, h, w, stride, dtype, ieee):
+def test_conv3x3_rows_equals_conv2d(batch, c, n, h, w, stride, dtype, ieee, layout):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, c, h, w, generator=g)
     weight = torch.randn(n, c, 3, 3, generator=g) / math.sqrt(9 * c)
@@ -64,7 +70,8 @@ def test_conv3x3_rows_equals_conv2d(batch, c, n, h, w, stride, dtype, ieee):
     rows = _row_list(batch * ho * wo, 0.6, seed=1)
     count = torch.tensor([rows.numel()], dtype=torch.int32, device=DEVICE)
     x_rows = x.permute(0, 2, 3, 1).reshape(-1, c).to(DEVICE, dtype).contiguous()
-    w_kn = weight.permute(2, 3, 1, 0).reshape(9 * c, n).to(DEVICE, dtype).contiguous()
+    w_kn = _as_layout(weight.permute(2, 3, 1, 0).reshape(9 * c, n).to(DEVICE, dtype)
+                      .contiguous(), layout)
     out = torch.full((batch * ho * wo, n), float('nan'), device=DEVICE, dtype=dtype)
     conv3x3_rows(x_rows, w_kn, bias.to(DEVICE, dtype), out, rows, count, batch * ho * wo,
                  (h, w), (ho, wo), stride, ieee=ieee)
@@ -75,14 +82,15 @@ def test_conv3x3_rows_equals_conv2d(batch, c, n, h, w, stride, dtype, ieee):
     assert out[rows.numel():].isnan().all()  # nothing written past the list
 
 
+@pytest.mark.parametrize('layout', ['kn', 'nk'])
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('gather,scatter,with_res', [(True, True, False), (False, True, True),
                                                      (True, False, False)])
-def test_rows_gemm_equals_matmul(gather, scatter, with_res, dtype):
+def test_rows_gemm_equals_matmul(gather, scatter, with_res, dtype, layout):
     g = torch.Generator().manual_seed(2)
     total, k, n = 50, 48, 80
     a = torch.randn(total, k, generator=g).to(DEVICE, dtype)
-    w = (torch.randn(k, n, generator=g) / math.sqrt(k)).to(DEVICE, dtype)
+    w = _as_layout((torch.randn(k, n, generator=g) / math.sqrt(k)).to(DEVICE, dtype), layout)
     bias = torch.randn(n, generator=g).to(DEVICE, dtype)
     res = torch.randn(total, n, generator=g).to(DEVICE, dtype) if with_res else None
     rows = _row_list(total, 0.5, seed=3)

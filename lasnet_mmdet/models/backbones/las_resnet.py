@@ -28,8 +28,8 @@ from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
-from ...ops import (WEIGHT_LAYOUTS, fold_bottleneck, fold_conv, is_foldable_downsample,
-                    resolve_backend, sparse_bottleneck, TRITON_DTYPES)
+from ...ops import (TRITON_DTYPES, fold_bottleneck, fold_conv, is_foldable_downsample,
+                    resolve_backend, sparse_bottleneck, weight_layout)
 from ...ops.cuda_graph import CUDAGraphCache
 from ...ops.geometry import coarse_shape, conv_out, dilate_mask, upsample_mask
 from ...ops.layout import to_nchw
@@ -128,7 +128,7 @@ class LASBottleneck(Bottleneck):
         if key not in self._folded:
             self._folded[key] = fold_bottleneck(
                 (self.conv1, self.conv2, self.conv3), (self.norm1, self.norm2, self.norm3),
-                self.downsample, dtype, WEIGHT_LAYOUTS[backend])
+                self.downsample, dtype, weight_layout(backend, dtype))
         return self._folded[key]
 
     def sparse_backend(self, x):

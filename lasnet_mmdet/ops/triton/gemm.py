@@ -69,9 +69,13 @@ class Tiles(NamedTuple):
 # switches at the geometric mean of the two runs' largest row counts. A few rows want small
 # tiles that fill the 132 SMs (stage 3's conv2 at batch 1: 30 programs of 128 x 256 take 35
 # us, 120 of 128 x 64 take 17); many rows want large tiles that read the weights fewer times
-# (at batch 8: 35 us vs 55). Runs: docs/sparse_ops_results/h100_tune_fp16.json, *_fp32.json.
-# Summed over the backbone's kernels, fp16: 1.04 ms at batch 1 and 4.42 ms at batch 8, where
-# one tile per key took 1.10 and 5.33 ms; fp32 (TF32): 3.62 and 20.78 ms (was 3.87, 21.05).
+# (at batch 8: 35 us vs 55). Runs: docs/sparse_ops_results/h100_tune_fp16.json. Summed over
+# the backbone's kernels, fp16: 1.04 ms at batch 1 and 4.42 ms at batch 8, where one tile per
+# key took 1.10 and 5.33 ms. fp32 (TF32) was retuned when its weights became N x K
+# (``fold_bn.weight_layout``: Hopper's TF32 MMA reads B K-contiguous only, so K x N weights
+# were copied to shared memory 4 bytes at a time), on an H200 (same SM count): at the previous
+# table's tiles that layout alone took the sparse kernels from 3.91 to 2.06 ms at batch 1 and
+# from 21.96 to 12.39 ms at batch 8 (docs/sparse_ops_results/h200_kernels_fp32_{kn,nk}.json).
 HOPPER_16BIT = {
     ('conv3x3', 64, 576): Tile(128, 64, 64, 4, 4),
     ('conv3x3', 128, 1152): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 42992),
@@ -90,23 +94,23 @@ HOPPER_16BIT = {
     ('gemm', 1024, 256): Tiles(Tile(128, 128, 64, 8, 3), Tile(128, 128, 64, 4, 3), 10748),
     ('gemm', 2048, 512): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 2687),
 }
-HOPPER_32BIT = {
+HOPPER_32BIT = {  # measured on an H200 (sm_90, 132 SMs), weights N x K (see below)
     ('conv3x3', 64, 576): Tile(128, 64, 32, 4, 4),
-    ('conv3x3', 128, 1152): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 42992),
-    ('conv3x3', 256, 2304): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 10748),
-    ('conv3x3', 512, 4608): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 2687),
+    ('conv3x3', 128, 1152): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 32, 8, 3), 42992),
+    ('conv3x3', 256, 2304): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 128, 32, 8, 3), 10748),
+    ('conv3x3', 512, 4608): Tiles(Tile(64, 64, 64, 4, 3), Tile(128, 128, 64, 8, 3), 2687),
     ('gemm', 64, 64): Tile(128, 64, 32, 4, 4),
-    ('gemm', 64, 256): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 171968),
-    ('gemm', 128, 256): Tile(128, 64, 32, 4, 4),
-    ('gemm', 128, 512): Tiles(Tile(128, 64, 32, 4, 4), Tile(128, 128, 32, 8, 3), 42992),
-    ('gemm', 256, 64): Tile(128, 64, 32, 4, 4),
-    ('gemm', 256, 512): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 128, 32, 8, 3), 42992),
-    ('gemm', 256, 1024): Tiles(Tile(128, 64, 32, 4, 4), Tile(128, 64, 64, 4, 4), 10748),
-    ('gemm', 512, 128): Tile(128, 64, 32, 4, 4),
-    ('gemm', 512, 1024): Tile(128, 64, 32, 4, 4),
-    ('gemm', 512, 2048): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 2687),
-    ('gemm', 1024, 256): Tile(128, 64, 32, 4, 4),
-    ('gemm', 2048, 512): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 64, 32, 4, 4), 2687),
+    ('gemm', 64, 256): Tile(128, 64, 32, 4, 4),
+    ('gemm', 128, 256): Tile(64, 128, 32, 4, 4),
+    ('gemm', 128, 512): Tiles(Tile(128, 128, 32, 8, 3), Tile(64, 128, 32, 4, 4), 42992),
+    ('gemm', 256, 64): Tiles(Tile(128, 64, 32, 4, 4), Tile(64, 128, 32, 4, 4), 171968),
+    ('gemm', 256, 512): Tile(64, 128, 32, 4, 4),
+    ('gemm', 256, 1024): Tile(64, 128, 32, 4, 4),
+    ('gemm', 512, 128): Tile(64, 128, 32, 4, 4),
+    ('gemm', 512, 1024): Tiles(Tile(128, 128, 32, 8, 3), Tile(64, 128, 32, 4, 4), 10748),
+    ('gemm', 512, 2048): Tiles(Tile(64, 64, 64, 4, 3), Tile(128, 128, 64, 8, 3), 2687),
+    ('gemm', 1024, 256): Tiles(Tile(64, 128, 32, 4, 4), Tile(128, 64, 32, 4, 4), 10748),
+    ('gemm', 2048, 512): Tiles(Tile(128, 128, 32, 8, 3), Tile(64, 128, 32, 4, 4), 2687),
 }
 
 # Used where the table has no entry (other GPUs, other channel counts), by N.
@@ -196,7 +200,7 @@ def _relu_rows(res_ptr, res_bias, out_ptr, rows_ptr, start, stop, offs_n, n_ok, 
 @triton.jit(do_not_specialize=['total_rows'],
             do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
 def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, rows_ptr,
-                     count_ptr, N, K, total_rows, GATHER_A: tl.constexpr,
+                     count_ptr, N, K, stride_wk, stride_wn, total_rows, GATHER_A: tl.constexpr,
                      SCATTER_OUT: tl.constexpr, HAS_RES: tl.constexpr,
                      HAS_RES_BIAS: tl.constexpr, RELU_REST: tl.constexpr, IEEE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -229,7 +233,7 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, row
         k_ok = offs_k < K
         a = tl.load(a_ptr + src[:, None] * K + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :],
                     other=0.0)
-        b = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
+        b = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, IEEE)
 
@@ -246,9 +250,9 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, row
 
 @triton.jit(do_not_specialize=['H', 'W', 'Ho', 'Wo'],
             do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
-def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C, N, H, W, Ho,
-                        Wo, STRIDE: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C, N, stride_wk,
+                        stride_wn, H, W, Ho, Wo, STRIDE: tl.constexpr, IEEE: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     count = tl.load(count_ptr)
@@ -281,8 +285,8 @@ def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C,
         c_ok = offs_c < C
         a = tl.load(x_ptr + src[:, None] * C + offs_c[None, :], mask=ok[:, None] & c_ok[None, :],
                     other=0.0)
-        wb = tl.load(w_ptr + (tap * C + offs_c)[:, None] * N + offs_n[None, :],
-                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        wb = tl.load(w_ptr + (tap * C + offs_c)[:, None] * stride_wk
+                     + offs_n[None, :] * stride_wn, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, wb, acc, IEEE)
 
     acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -305,7 +309,8 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
     Args:
         a (Tensor): ``(rows, K)`` A rows (channels-last pixels), read at ``rows`` when
             ``gather_a``, else in list order.
-        w (Tensor): ``(K, N)`` weight; ``bias``: ``(N, )``.
+        w (Tensor): ``(K, N)`` weight, any strides (``w_nk.t()`` of an N x K weight reads K
+            contiguous, which fp32 wants: ``fold_bn.weight_layout``); ``bias``: ``(N, )``.
         out (Tensor): ``(rows, N)``, written at ``rows`` when ``scatter_out``, else in order.
         rows (Tensor): int32 row list; ``count``: a one-element int32 device tensor, its length.
         max_rows (int): The largest ``count`` can be (sizes the grid, never a compile key).
@@ -325,19 +330,21 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
     grid = (m_tiles, triton.cdiv(n, t.block_n))
     rows_gemm_kernel[grid](
         a, w, bias, out if res is None else res, bias if res_bias is None else res_bias, out,
-        rows, count, n, k, max_rows, GATHER_A=gather_a, SCATTER_OUT=scatter_out,
-        HAS_RES=res is not None, HAS_RES_BIAS=res_bias is not None, RELU_REST=relu_rest, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-        BLOCK_K=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages)
+        rows, count, n, k, *w.stride(), max_rows, GATHER_A=gather_a, SCATTER_OUT=scatter_out,
+        HAS_RES=res is not None, HAS_RES_BIAS=res_bias is not None, RELU_REST=relu_rest,
+        IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+        num_warps=t.num_warps, num_stages=t.num_stages)
 
 
 def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, ieee=None,
                  tile=None):
     """``out[m] = relu(conv3x3(x)[rows[m]] + bias)`` (x: channels-last rows of the conv1 map,
-    ``w``: ``(9 * C, N)`` with K ordered (dy, dx, c); other args as ``rows_gemm``)."""
+    ``w``: ``(9 * C, N)``, any strides, with K ordered (dy, dx, c); other args as
+    ``rows_gemm``)."""
     c, n = w.shape[0] // 9, w.shape[1]
     t = tile or tile_config('conv3x3', n, w.shape[0], x.dtype, x.device, max_rows)
     grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n))
     conv3x3_rows_kernel[grid](
-        x, w, bias, out, rows, count, c, n, *in_hw, *out_hw, STRIDE=stride,
+        x, w, bias, out, rows, count, c, n, *w.stride(), *in_hw, *out_hw, STRIDE=stride,
         IEEE=_ieee(x.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
         num_warps=t.num_warps, num_stages=t.num_stages)

@@ -23,7 +23,9 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
     batch, _, in_h, in_w = x.shape
     out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
     f = weights
-    mid_c = f.w1.shape[1]
+    # The kernels take K x N weights of any strides: an 'nk' weight goes in as its transpose.
+    w1, w2, w3 = (w if f.layout == 'kn' else w.t() for w in (f.w1, f.w2, f.w3))
+    mid_c = w1.shape[1]
     x = x.contiguous(memory_format=torch.channels_last)
     in_rows, out_rows = batch * in_h * in_w, batch * out_h * out_w
 
@@ -34,10 +36,10 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
                  granularity, stride)
 
     mid = x.new_empty(in_rows, mid_c)  # rows outside the needed list are never read
-    rows_gemm(x, f.w1, f.b1, mid, needed, counts[0:], in_rows, gather_a=True,
+    rows_gemm(x, w1, f.b1, mid, needed, counts[0:], in_rows, gather_a=True,
               scatter_out=True, ieee=ieee)
     y2 = x.new_empty(out_rows, mid_c)
-    conv3x3_rows(mid, f.w2, f.b2, y2, active, counts[1:], out_rows, (in_h, in_w),
+    conv3x3_rows(mid, w2, f.b2, y2, active, counts[1:], out_rows, (in_h, in_w),
                  (out_h, out_w), stride, ieee=ieee)
     if f.ds_weight is None:
         res = x
@@ -45,6 +47,6 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
         res = F.conv2d(x, f.ds_weight, None, f.ds_stride).contiguous(
             memory_format=torch.channels_last)
     out = torch.empty_like(res, memory_format=torch.channels_last)
-    rows_gemm(y2, f.w3, f.b3, out, active, counts[1:], out_rows, gather_a=False,
+    rows_gemm(y2, w3, f.b3, out, active, counts[1:], out_rows, gather_a=False,
               scatter_out=True, res=res, res_bias=f.ds_bias, relu_rest=True, ieee=ieee)
     return out
