@@ -71,6 +71,21 @@ def test_decision_matches_torch(case, channels_last):
     _assert_same_decision(mask, ref, margin)
 
 
+@pytest.mark.parametrize('tile', [(4, 2, 32, 2), (2, 16, 64, 4), (8, 1, 128, 1)], ids=str)
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_several_cells_per_program(case, tile):
+    # Cells per program that do not divide the cell row, pixel steps smaller than the window
+    # (and larger), channel blocks smaller than C: the same decision.
+    from lasnet_mmdet.ops.triton.masker import MaskerTile, masker_decision
+    c, s, stride, batch, h, w = case
+    masker = _masker(c, s, stride, seed=1).to(DEVICE)
+    x = torch.randn(batch, c, h, w, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    ref, margin = _reference(masker, x)
+    mask = masker_decision(x, masker.conv2.weight, masker.conv2.bias, stride * s,
+                           tile=MaskerTile(*tile))
+    _assert_same_decision(mask, ref, margin)
+
+
 def test_clipped_window_divides_by_inbound_pixels():
     # 4x5 input, window 4: the second cell holds one clipped column of 4 in-bounds pixels,
     # all -1 on channel 0. Execute iff mean + 0.5 >= 0: the in-bounds mean (-1) skips, a

@@ -12,6 +12,8 @@ pixel is a contiguous row of channels, so loads are coalesced along channels; an
 layout (e.g. NCHW) works through the strides, only slower. Sums are fp32; the output is
 1.0 (execute) / 0.0 (skip) in x's dtype, shape ``(B, 1, ceil(H/window), ceil(W/window))``.
 """
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -25,42 +27,49 @@ TILE = 2048
 @triton.jit(do_not_specialize=['H', 'W', 'h', 'w', 'stride_b', 'stride_h'])
 def masker_decision_kernel(x_ptr, w_ptr, b_ptr, out_ptr, C, H, W, h, w, stride_b, stride_c,
                            stride_h, stride_w, stride_wo, WIN: tl.constexpr,
-                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    cell = tl.program_id(0)
-    b = cell // (h * w)
-    cy = (cell // w) % h
-    cx = cell % w
+                           CELLS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # CELLS neighbouring cells of one cell row per program, BLOCK_P pixels of each a step:
+    # small windows (4 pixels at S = 2) would otherwise make programs too small to keep
+    # enough loads in flight.
+    pid = tl.program_id(0)
+    w_programs = tl.cdiv(w, CELLS)
+    b = pid // (h * w_programs)
+    cy = (pid // w_programs) % h
+    cx0 = (pid % w_programs) * CELLS
+    cx = cx0 + tl.arange(0, CELLS)
     y0 = cy * WIN
-    x0 = cx * WIN
-    count = (tl.minimum(y0 + WIN, H) - y0) * (tl.minimum(x0 + WIN, W) - x0)
+    count = (tl.minimum(y0 + WIN, H) - y0) * (tl.minimum(cx * WIN + WIN, W) - cx * WIN)
     base = x_ptr + b.to(tl.int64) * stride_b
+    # Tile row j: pixel j % BLOCK_P of this step in cell j // BLOCK_P.
+    j = tl.arange(0, CELLS * BLOCK_P)
+    cx_j = cx0 + j // BLOCK_P
 
     # Weighted sums stay per element until the end: one reduction a program (reducing the
     # tile over pixels in the loop went through shared memory with heavy bank conflicts).
-    acc0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc0 = tl.zeros((CELLS * BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc1 = tl.zeros((CELLS * BLOCK_P, BLOCK_C), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_ok = offs_c < C
         w0 = tl.load(w_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
         w1 = tl.load(w_ptr + stride_wo + offs_c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
         for p0 in range(0, WIN * WIN, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
+            p = p0 + j % BLOCK_P
             y = y0 + p // WIN
-            x = x0 + p % WIN
-            p_ok = (p < WIN * WIN) & (y < H) & (x < W)
+            x = cx_j * WIN + p % WIN
+            p_ok = (cx_j < w) & (p < WIN * WIN) & (y < H) & (x < W)
             pix = y.to(tl.int64) * stride_h + x.to(tl.int64) * stride_w
             tile = tl.load(base + pix[:, None] + offs_c.to(tl.int64)[None, :] * stride_c,
                            mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
             acc0 += tile * w0
             acc1 += tile * w1
-    logit0 = tl.sum(tl.sum(acc0, axis=1), axis=0)
-    logit1 = tl.sum(tl.sum(acc1, axis=1), axis=0)
+    logit0 = tl.sum(tl.reshape(tl.sum(acc0, axis=1), (CELLS, BLOCK_P)), axis=1)
+    logit1 = tl.sum(tl.reshape(tl.sum(acc1, axis=1), (CELLS, BLOCK_P)), axis=1)
 
     logit0 = logit0 / count + tl.load(b_ptr).to(tl.float32)
     logit1 = logit1 / count + tl.load(b_ptr + 1).to(tl.float32)
     keep = tl.where(logit0 >= logit1, 1.0, 0.0)  # ties execute, as in the torch path
-    tl.store(out_ptr + cell, keep.to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + (b * h + cy) * w + cx, keep.to(out_ptr.dtype.element_ty), mask=cx < w)
 
 
 def _check(x, weight, bias, window):
@@ -86,7 +95,35 @@ def _check(x, weight, bias, window):
         raise ValueError(f'window must be an integer >= 1, got {window!r}')
 
 
-def masker_decision(x, weight, bias, window):
+class MaskerTile(NamedTuple):
+    cells: int  # cells a program (of one cell row)
+    block_p: int  # pixels of each cell a step
+    block_c: int  # channels a step
+    num_warps: int
+
+
+def masker_tile(window, channels, cells):
+    """The ``MaskerTile`` for a ``window`` x ``window`` window over ``channels`` channels and
+    ``cells`` cells in all (the grid's size; one of two tiles, never tuned per size)."""
+    # Measured on an H200 (fp16, channels-last, every R101 masker at 800x1216, batch 1 and 8;
+    # tools/benchmark_masker.py --tune, docs/sparse_ops_results/h200_masker_fp16.json).
+    # Few cells (S = 7 in stage 3: 88 at batch 1) make few long programs: 8 warps on 64 x 128
+    # tiles (14.2 -> 5.2 us there). Otherwise 2-4 warps on 1K-2K-element tiles, 16 pixels x 64
+    # channels from 16-pixel windows up (S = 4: 10.9 -> 8.0 us at 128 channels; stage 2's
+    # first window of 8 took 35.6 us as a 64 x 128 tile, 12.8 as 16 x 64); and at a window of
+    # one pixel four cells a program (batch 8: 19.2 -> 11.5 us).
+    pixels = window * window
+    if pixels >= 36 and cells < 1024:
+        return MaskerTile(1, 64, min(triton.next_power_of_2(channels), 128), 8)
+    if pixels >= 16:
+        return MaskerTile(1, 16, 64, 2 if pixels == 16 else 4)
+    if pixels == 1:
+        return MaskerTile(4, 1, min(triton.next_power_of_2(channels), 512), 2)
+    block_p = triton.next_power_of_2(pixels)
+    return MaskerTile(1, block_p, min(triton.next_power_of_2(channels), TILE // block_p), 2)
+
+
+def masker_decision(x, weight, bias, window, tile=None):
     """``(conv2(avg_pool2d(x, window, ceil_mode=True))[:, :1] >= [:, 1:])`` as x's dtype.
 
     Args:
@@ -94,6 +131,7 @@ def masker_decision(x, weight, bias, window):
         weight (Tensor): The 1x1 conv's ``(2, C, 1, 1)`` (or ``(2, C)``) weight.
         bias (Tensor): Its ``(2,)`` bias.
         window (int): Pooling window and stride (stride * granularity).
+        tile (MaskerTile | None): Override of ``masker_tile`` (benchmarks).
     """
     _check(x, weight, bias, window)
     window = int(window)
@@ -104,18 +142,9 @@ def masker_decision(x, weight, bias, window):
         weight = weight.contiguous()
     bias = bias.contiguous()
     out = torch.empty(batch, 1, h, w, dtype=x.dtype, device=x.device)
-
-    # Measured on an H100 (fp16, channels-last, R101 shapes at 800x1216): small windows make
-    # many small programs, best with 2 warps and 2K-element tiles (a small window takes more
-    # channels a load); windows of 36+ pixels make few long programs (88 cells at S=7 in stage
-    # 3), best with 8 warps on 64x128 tiles (14.2 -> 5.2 us there).
-    if window * window >= 36:
-        block_p, block_c, num_warps = 64, min(triton.next_power_of_2(c), 128), 8
-    else:
-        block_p = min(triton.next_power_of_2(window * window), 16)
-        block_c = min(triton.next_power_of_2(c), max(TILE // block_p, 128))
-        num_warps = 2
-    masker_decision_kernel[(batch * h * w, )](
+    t = tile or masker_tile(window, c, batch * h * w)
+    masker_decision_kernel[(batch * h * triton.cdiv(w, t.cells), )](
         x, weight, bias, out, c, height, width, h, w, *x.stride(), weight.stride(0),
-        WIN=window, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+        WIN=window, CELLS=t.cells, BLOCK_P=t.block_p, BLOCK_C=t.block_c,
+        num_warps=t.num_warps)
     return out
