@@ -112,7 +112,9 @@ def coarse_mask(shape, granularity, rate, device='cpu', dtype='fp32', seed=0):
 
 def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', backend='auto',
                       block=None, warmup=2, repeats=5, min_seconds=0.0):
-    """Median seconds of the sparse path of one LAS block at a pinned mask (masker excluded)."""
+    """Median seconds of the sparse path of one LAS block at a pinned mask (masker excluded;
+    a Triton block called on its own zeroes its row counters itself, a memset that a backbone
+    forward makes once for all blocks)."""
     from ..ops import resolve_backend, sparse_bottleneck
     from ..ops.workspace import Workspace, use_workspace
     block = block if block is not None else make_block(shape, granularity, device, dtype)

@@ -25,10 +25,10 @@ from .torch_backend import torch_forward
 
 BACKENDS = ('torch', 'triton')
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Launches of the Triton backend that turn the coarse mask into row lists (the counts zeroed,
-# then ``compact_rows``); the latency predictor reads it. Kept here: importing it must not
-# need triton.
-TRITON_INDEX_OPS = 2
+# Launches of the Triton backend that turn the coarse mask into row lists in a backbone
+# forward: ``compact_rows`` (its counters come zeroed, one memset for all blocks:
+# ``counters``); the latency predictor reads it. Kept here: importing it must not need triton.
+TRITON_INDEX_OPS = 1
 
 __all__ = ['BACKENDS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS', 'FoldedBottleneck',
            'fold_bottleneck', 'fold_conv', 'is_foldable_downsample', 'resolve_backend',

@@ -447,3 +447,40 @@ def test_weight_layout_per_backend_and_dtype():
     assert weight_layout('triton', torch.float32) == 'nk'
     assert weight_layout('triton', torch.float16) == weight_layout('triton', torch.bfloat16) \
         == 'kn'
+
+
+def test_counters_come_from_one_zeroed_tensor_per_forward(monkeypatch):
+    """Inside ``counters_for`` requests are consecutive zeroed slices of one tensor (fresh
+    zeros outside it or past its end); a Triton backbone forward hands every block a slice of
+    one tensor, and its output equals the dense-masked one."""
+    from lasnet_mmdet.ops import counters
+    assert counters.zeroed_counters(3, torch.device('cpu')).tolist() == [0, 0, 0]
+    with counters.counters_for(6, torch.device('cpu')):
+        a = counters.zeroed_counters(3, torch.device('cpu'))
+        a += 7  # a kernel's atomics
+        b = counters.zeroed_counters(3, torch.device('cpu'))
+        c = counters.zeroed_counters(3, torch.device('cpu'))
+        assert b.tolist() == [0, 0, 0] and b._base is a._base and b.data_ptr() != a.data_ptr()
+        assert c._base is None and c.tolist() == [0, 0, 0]  # the pool ran out: fresh
+
+    import lasnet_mmdet.ops.triton.launcher as launcher
+    taken = []
+
+    def recording(n, device):
+        t = counters.zeroed_counters(n, device)
+        taken.append(t)
+        return t
+    monkeypatch.setattr(launcher, 'zeroed_counters', recording)
+    torch.manual_seed(0)
+    backbone = LASResNet(depth=50, num_stages=2, out_indices=(1, ), strides=(1, 2),
+                         dilations=(1, 1), granularity=(2, 2), sparse_inference='off',
+                         cuda_graph=False).eval().to(DEVICE)
+    x = torch.randn(1, 3, 33, 41, device=DEVICE)
+    with torch.no_grad(), backbone.pinned_masks(0.5, seed=1):
+        ref = backbone(x)[0]
+        backbone.sparse_inference = 'triton'
+        out = backbone(x)[0]
+    assert len(taken) == 7  # 3 + 4 blocks
+    assert all(t._base is taken[0]._base is not None for t in taken)
+    assert len({t.data_ptr() for t in taken}) == 7
+    assert_close_to_scale(out, ref, 1e-4)

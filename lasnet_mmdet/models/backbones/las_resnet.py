@@ -17,7 +17,7 @@ in place (or modules replaced) in eval mode need ``backbone.invalidate_cache()``
 """
 import math
 import numbers
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from mmengine.logging import print_log
 
 from ...ops import (TRITON_DTYPES, fold_bottleneck, fold_conv, is_foldable_downsample,
                     resolve_backend, sparse_bottleneck, weight_layout)
+from ...ops.counters import counters_for
 from ...ops.cuda_graph import CUDAGraphCache
 from ...ops.geometry import coarse_shape, conv_out, dilate_mask, upsample_mask
 from ...ops.layout import to_nchw
@@ -623,10 +624,13 @@ class LASResNet(ResNet):
                     x = stem_pool(F.conv2d(x, weight, None, self.conv1.stride,
                                            self.conv1.padding), bias, *pool)
             outs = []
-            for i, layer_name in enumerate(self.res_layers):
-                x = getattr(self, layer_name)(x)
-                if i in self.out_indices:
-                    outs.append(to_nchw(x, fresh=True, use_triton=use_triton))
+            # The Triton blocks' row counters, zeroed by one memset for the whole forward.
+            blocks = sum(len(getattr(self, name)) for name in self.res_layers)
+            with counters_for(3 * blocks, x.device) if use_triton else nullcontext():
+                for i, layer_name in enumerate(self.res_layers):
+                    x = getattr(self, layer_name)(x)
+                    if i in self.out_indices:
+                        outs.append(to_nchw(x, fresh=True, use_triton=use_triton))
         return tuple(outs)
 
     # --- what the last forward did ----------------------------------------------------------

@@ -1,6 +1,7 @@
 """A LAS bottleneck on the active patches with the Triton kernels, no host synchronisation.
 
-    compact_rows        coarse mask -> needed conv1 rows, active output rows (+ counts)
+    compact_rows        coarse mask -> needed conv1 rows, active output rows (+ counts, zeroed
+                        once per forward for every block: ``ops.counters``)
     rows_gemm (conv1)   gather needed input rows, GEMM, BN bias, ReLU -> conv1 map rows
     conv3x3_rows        gather the 9 taps of active rows from the conv1 map -> compact rows
     residual            identity, or the downsample conv (cuDNN, no bias: its folded BN is
@@ -11,6 +12,7 @@
 import torch
 import torch.nn.functional as F
 
+from ..counters import zeroed_counters
 from ..geometry import conv_out
 from .compact import compact_rows
 from .gemm import conv3x3_rows, rows_gemm
@@ -29,7 +31,7 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
     x = x.contiguous(memory_format=torch.channels_last)
     in_rows, out_rows = batch * in_h * in_w, batch * out_h * out_w
 
-    counts = torch.zeros(3, dtype=torch.int32, device=x.device)
+    counts = zeroed_counters(3, x.device)  # needed, active, inactive rows
     needed = torch.empty(in_rows, dtype=torch.int32, device=x.device)
     active = torch.empty(out_rows, dtype=torch.int32, device=x.device)
     compact_rows(coarse.contiguous(), counts, needed, active, (in_h, in_w), (out_h, out_w),
