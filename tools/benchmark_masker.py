@@ -98,8 +98,7 @@ def main(argv=None):
             bias = torch.randn(2, device='cuda', dtype=dtype)
             copy = torch.empty_like(x)
             mb = x.numel() * x.element_size() / 1e6
-            cells = batch * (-(-m['hw'][0] // m['window'])) * (-(-m['hw'][1] // m['window']))
-            tile = masker_tile(m['window'], m['C'], cells)
+            tile = masker_tile(m['window'], m['C'])
             row = dict(m, batch=batch, tile=list(tile), mb=mb,
                        us=us(lambda: masker_decision(x, weight, bias, m['window'])),
                        copy_us=us(lambda: copy.copy_(x)))

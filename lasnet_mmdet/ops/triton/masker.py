@@ -39,6 +39,7 @@ def masker_decision_kernel(x_ptr, w_ptr, b_ptr, out_ptr, C, H, W, h, w, stride_b
     cx = cx0 + tl.arange(0, CELLS)
     y0 = cy * WIN
     count = (tl.minimum(y0 + WIN, H) - y0) * (tl.minimum(cx * WIN + WIN, W) - cx * WIN)
+    count = tl.maximum(count, 1)  # cells past the row's end (not stored) would divide by <= 0
     base = x_ptr + b.to(tl.int64) * stride_b
     # Tile row j: pixel j % BLOCK_P of this step in cell j // BLOCK_P.
     j = tl.arange(0, CELLS * BLOCK_P)
@@ -102,18 +103,19 @@ class MaskerTile(NamedTuple):
     num_warps: int
 
 
-def masker_tile(window, channels, cells):
-    """The ``MaskerTile`` for a ``window`` x ``window`` window over ``channels`` channels and
-    ``cells`` cells in all (the grid's size; one of two tiles, never tuned per size)."""
+def masker_tile(window, channels):
+    """The ``MaskerTile`` for a ``window`` x ``window`` window over ``channels`` channels: from
+    the layer alone, so a new image size compiles nothing."""
     # Measured on an H200 (fp16, channels-last, every R101 masker at 800x1216, batch 1 and 8;
     # tools/benchmark_masker.py --tune, docs/sparse_ops_results/h200_masker_fp16.json).
-    # Few cells (S = 7 in stage 3: 88 at batch 1) make few long programs: 8 warps on 64 x 128
-    # tiles (14.2 -> 5.2 us there). Otherwise 2-4 warps on 1K-2K-element tiles, 16 pixels x 64
-    # channels from 16-pixel windows up (S = 4: 10.9 -> 8.0 us at 128 channels; stage 2's
-    # first window of 8 took 35.6 us as a 64 x 128 tile, 12.8 as 16 x 64); and at a window of
-    # one pixel four cells a program (batch 8: 19.2 -> 11.5 us).
+    # Cells of 32K+ elements (S = 7 in stage 3: 49 pixels x 1024 channels, 88 cells at batch
+    # 1) make few long programs: 8 warps on 64 x 128 tiles (14.2 -> 5.2 us there). Otherwise
+    # 2-4 warps on 1K-2K-element tiles: 16 pixels x 64 channels from 16-pixel windows up (S =
+    # 4: 10.9 -> 8.0 us at 512 channels; stage 2's first window, 8 x 8 pixels x 256 channels,
+    # took 35.6 us as 64 x 128 tiles, 12.8 as 16 x 64), four cells a program at one pixel a
+    # cell (batch 8: 19.2 -> 11.5 us).
     pixels = window * window
-    if pixels >= 36 and cells < 1024:
+    if pixels >= 36 and pixels * channels >= 32768:
         return MaskerTile(1, 64, min(triton.next_power_of_2(channels), 128), 8)
     if pixels >= 16:
         return MaskerTile(1, 16, 64, 2 if pixels == 16 else 4)
@@ -142,7 +144,7 @@ def masker_decision(x, weight, bias, window, tile=None):
         weight = weight.contiguous()
     bias = bias.contiguous()
     out = torch.empty(batch, 1, h, w, dtype=x.dtype, device=x.device)
-    t = tile or masker_tile(window, c, batch * h * w)
+    t = tile or masker_tile(window, c)
     masker_decision_kernel[(batch * h * triton.cdiv(w, t.cells), )](
         x, weight, bias, out, c, height, width, h, w, *x.stride(), weight.stride(0),
         WIN=window, CELLS=t.cells, BLOCK_P=t.block_p, BLOCK_C=t.block_c,
