@@ -60,7 +60,7 @@ def main(argv=None):
                 grid = (triton.cdiv(total, block_p), )
                 row.append(f'kernel {block_p} px ' + format(us(lambda: stem_pool_kernel[grid](
                     y, bias, out, 64, *y.shape[2:], out_h, out_w, total, KERNEL=3, STRIDE=2,
-                    PAD=1, BLOCK_P=block_p, BLOCK_C=64, num_warps=4)), '.1f'))
+                    PAD=1, BLOCK_P=block_p, BLOCK_C=64, PDL=False, num_warps=4)), '.1f'))
             row.append('conv + stem_pool '
                        f'{us(lambda: stem_pool(F.conv2d(x, w, None, 2, 3), bias)):.1f}')
             print(' | '.join(row), flush=True)

@@ -195,3 +195,41 @@ def test_las_backbone_sparse_path_through_graphs():
             for o, r in zip(outs, ref):
                 torch.testing.assert_close(o, r, rtol=1e-3, atol=1e-3)
     assert cache.stats['hits'] == 1 and cache.stats['evictions'] == 2
+
+
+@requires_cuda
+def test_las_backbone_same_outputs_with_and_without_pdl(monkeypatch):
+    """Programmatic dependent launch (``ops.triton.pdl``, on from sm_90) changes when kernels
+    start, never what they compute: eager and graphed outputs are bitwise those of the same
+    forward with ``LASNET_TRITON_PDL=0``, masks decided by the maskers."""
+    pytest.importorskip('triton')
+    from lasnet_mmdet.models.backbones.las_resnet import LASResNet
+    from lasnet_mmdet.ops.triton import pdl
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    assert pdl.use_pdl('cuda') == hopper
+    torch.manual_seed(0)
+    las = LASResNet(50, granularity=(4, 4, 2, 1), sparse_inference='auto').cuda().eval().half()
+    for _, block in las.las_blocks():
+        nn.init.zeros_(block.masker.conv2.bias)
+    x = torch.randn(2, 3, 160, 224, device='cuda', dtype=torch.half)
+
+    def run():
+        with torch.no_grad():
+            las.cuda_graph = False
+            eager = las(x)
+            las.cuda_graph = True
+            graphed = las(x), las(x)  # capture, then a replay
+        return [eager] + list(graphed)
+    with_pdl = run()
+    monkeypatch.setenv('LASNET_TRITON_PDL', '0')
+    pdl._supported.cache_clear()
+    try:
+        assert not pdl.use_pdl('cuda')
+        las.invalidate_cache()  # drop the graphs captured with PDL launches
+        without = run()
+    finally:
+        monkeypatch.undo()
+        pdl._supported.cache_clear()
+    for outs, refs in zip(with_pdl, without):
+        for o, r in zip(outs, refs):
+            assert torch.equal(o, r)

@@ -14,6 +14,8 @@ surplus programs return at once, which keeps the backbone capturable in a CUDA g
 import triton
 import triton.language as tl
 
+from .pdl import grid_dependency, use_pdl
+
 
 @triton.jit
 def _flag_needed(coarse_ptr, offs, total, H, W, Ho, Wo, h, w, S: tl.constexpr,
@@ -68,8 +70,9 @@ def _append_back(list_ptr, count_ptr, offs, flag, length):
             do_not_specialize_on_alignment=['needed_ptr', 'active_ptr', 'counts_ptr'])
 def compact_rows_kernel(coarse_ptr, needed_ptr, active_ptr, counts_ptr, B, H, W, Ho, Wo, h, w,
                         needed_programs, S: tl.constexpr, STRIDE: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
+    grid_dependency(PDL)
     if pid < needed_programs:
         offs = pid * BLOCK + tl.arange(0, BLOCK)
         flag = _flag_needed(coarse_ptr, offs, B * H * W, H, W, Ho, Wo, h, w, S, STRIDE)
@@ -89,5 +92,7 @@ def compact_rows(coarse, counts, needed, active, in_hw, out_hw, granularity, str
     block = 1024
     needed_programs = triton.cdiv(needed.numel(), block)
     grid = (needed_programs + triton.cdiv(active.numel(), block), )
+    pdl = use_pdl(coarse.device)
     compact_rows_kernel[grid](coarse, needed, active, counts, batch, *in_hw, *out_hw, h, w,
-                              needed_programs, S=granularity, STRIDE=stride, BLOCK=block)
+                              needed_programs, S=granularity, STRIDE=stride, BLOCK=block,
+                              PDL=pdl, launch_pdl=pdl)

@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import grid_dependency, use_pdl
+
 
 class Tile(NamedTuple):
     block_m: int
@@ -203,9 +205,11 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, row
                      count_ptr, N, K, stride_wk, stride_wn, total_rows, GATHER_A: tl.constexpr,
                      SCATTER_OUT: tl.constexpr, HAS_RES: tl.constexpr,
                      HAS_RES_BIAS: tl.constexpr, RELU_REST: tl.constexpr, IEEE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PDL: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    grid_dependency(PDL)
     count = tl.load(count_ptr)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
@@ -252,9 +256,11 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, row
             do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
 def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C, N, stride_wk,
                         stride_wn, H, W, Ho, Wo, STRIDE: tl.constexpr, IEEE: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        PDL: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    grid_dependency(PDL)
     count = tl.load(count_ptr)
     if pid_m * BLOCK_M >= count:
         return
@@ -328,12 +334,13 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
     # With relu_rest the two parts of the list each end in a partial tile: one tile more.
     m_tiles = triton.cdiv(max_rows, t.block_m) + int(relu_rest)
     grid = (m_tiles, triton.cdiv(n, t.block_n))
+    pdl = use_pdl(a.device)
     rows_gemm_kernel[grid](
         a, w, bias, out if res is None else res, bias if res_bias is None else res_bias, out,
         rows, count, n, k, *w.stride(), max_rows, GATHER_A=gather_a, SCATTER_OUT=scatter_out,
         HAS_RES=res is not None, HAS_RES_BIAS=res_bias is not None, RELU_REST=relu_rest,
         IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        num_warps=t.num_warps, num_stages=t.num_stages)
+        PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl)
 
 
 def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, ieee=None,
@@ -344,7 +351,8 @@ def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, 
     c, n = w.shape[0] // 9, w.shape[1]
     t = tile or tile_config('conv3x3', n, w.shape[0], x.dtype, x.device, max_rows)
     grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n))
+    pdl = use_pdl(x.device)
     conv3x3_rows_kernel[grid](
         x, w, bias, out, rows, count, c, n, *w.stride(), *in_hw, *out_hw, STRIDE=stride,
         IEEE=_ieee(x.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        num_warps=t.num_warps, num_stages=t.num_stages)
+        PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl)

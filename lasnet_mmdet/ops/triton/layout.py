@@ -9,9 +9,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import grid_dependency, use_pdl
+
 
 @triton.jit(do_not_specialize=['HW'])  # a new image size compiles nothing
-def cl_to_nchw_kernel(src_ptr, dst_ptr, C, HW, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def cl_to_nchw_kernel(src_ptr, dst_ptr, C, HW, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                      PDL: tl.constexpr):
+    grid_dependency(PDL)
     b = tl.program_id(2).to(tl.int64)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -28,6 +32,7 @@ def cl_to_nchw(t):
     out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
     block_p, block_c = 64, 64
     grid = (triton.cdiv(height * width, block_p), triton.cdiv(channels, block_c), batch)
+    pdl = use_pdl(t.device)
     cl_to_nchw_kernel[grid](t, out, channels, height * width, BLOCK_P=block_p, BLOCK_C=block_c,
-                            num_warps=4)
+                            PDL=pdl, num_warps=4, launch_pdl=pdl)
     return out

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import grid_dependency, use_pdl
+
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TILE = 2048
 
@@ -27,11 +29,13 @@ TILE = 2048
 @triton.jit(do_not_specialize=['H', 'W', 'h', 'w', 'stride_b', 'stride_h'])
 def masker_decision_kernel(x_ptr, w_ptr, b_ptr, out_ptr, C, H, W, h, w, stride_b, stride_c,
                            stride_h, stride_w, stride_wo, WIN: tl.constexpr,
-                           CELLS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                           CELLS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                           PDL: tl.constexpr):
     # CELLS neighbouring cells of one cell row per program, BLOCK_P pixels of each a step:
     # small windows (4 pixels at S = 2) would otherwise make programs too small to keep
     # enough loads in flight.
     pid = tl.program_id(0)
+    grid_dependency(PDL)
     w_programs = tl.cdiv(w, CELLS)
     b = pid // (h * w_programs)
     cy = (pid // w_programs) % h
@@ -145,8 +149,9 @@ def masker_decision(x, weight, bias, window, tile=None):
     bias = bias.contiguous()
     out = torch.empty(batch, 1, h, w, dtype=x.dtype, device=x.device)
     t = tile or masker_tile(window, c)
+    pdl = use_pdl(x.device)
     masker_decision_kernel[(batch * h * triton.cdiv(w, t.cells), )](
         x, weight, bias, out, c, height, width, h, w, *x.stride(), weight.stride(0),
         WIN=window, CELLS=t.cells, BLOCK_P=t.block_p, BLOCK_C=t.block_c,
-        num_warps=t.num_warps)
+        PDL=pdl, num_warps=t.num_warps, launch_pdl=pdl)
     return out

@@ -14,11 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import grid_dependency, use_pdl
+
 
 @triton.jit(do_not_specialize=['H', 'W', 'Ho', 'Wo', 'total'])
 def stem_pool_kernel(y_ptr, bias_ptr, out_ptr, C, H, W, Ho, Wo, total, KERNEL: tl.constexpr,
                      STRIDE: tl.constexpr, PAD: tl.constexpr, BLOCK_P: tl.constexpr,
-                     BLOCK_C: tl.constexpr):
+                     BLOCK_C: tl.constexpr, PDL: tl.constexpr):
+    grid_dependency(PDL)
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.arange(0, BLOCK_C)
     p_ok = offs_p < total
@@ -73,7 +76,9 @@ def stem_pool(y, bias, kernel=3, stride=2, padding=1):
     # fp32 were the fastest of 16-128 px at batch 1 (11.7 us vs 13.1 at 64 px in fp16) and
     # within 1 % of it at batch 8.
     block_p = max(1, 4096 // (block_c * y.element_size()))
+    pdl = use_pdl(y.device)
     stem_pool_kernel[(triton.cdiv(total, block_p), )](
         y, bias.contiguous(), out, c, height, width, out_h, out_w, total, KERNEL=kernel,
-        STRIDE=stride, PAD=padding, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+        STRIDE=stride, PAD=padding, BLOCK_P=block_p, BLOCK_C=block_c, PDL=pdl, num_warps=4,
+        launch_pdl=pdl)
     return out
