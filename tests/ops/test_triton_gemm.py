@@ -234,6 +234,7 @@ def test_tiles_switch_at_their_row_count_from_a_tuning_file(monkeypatch, tmp_pat
 def test_a_new_image_size_compiles_nothing():
     """A LAS bottleneck's kernels at one size, then at sizes of other divisibility (and batch):
     no kernel is compiled again (spatial sizes are runtime arguments; tiles come from channels)."""
+    import triton.language as tl
     from triton import knobs
 
     from lasnet_mmdet.ops.triton.compact import compact_rows
@@ -270,12 +271,17 @@ def test_a_new_image_size_compiles_nothing():
         cl_to_nchw(out.view(batch, ho, wo, 4 * mid).permute(0, 3, 1, 2))
         torch.cuda.synchronize()
 
+    @triton.jit
+    def fresh_kernel(out_ptr):  # defined here: never compiled before this test
+        tl.store(out_ptr, 1)
+
     saved = knobs.runtime.jit_post_compile_hook
     knobs.runtime.jit_post_compile_hook = lambda *a, **kw: compiled.append(kw.get('repr'))
     try:
-        block(1, 64, 96)  # compiles every variant once
+        fresh_kernel[(1, )](torch.zeros(1, device='cuda'))
+        assert len(compiled) == 1  # the hook sees compilations
+        block(1, 64, 96)  # compiles every variant once (unless an earlier test did)
         first = len(compiled)
-        assert first > 0
         for batch, h, w in ((1, 37, 53), (3, 50, 34), (2, 129, 65), (1, 64, 96)):
             block(batch, h, w)
         assert compiled[first:] == []
