@@ -77,7 +77,7 @@ class Tiles(NamedTuple):
 # (``fold_bn.weight_layout``: Hopper's TF32 MMA reads B K-contiguous only, so K x N weights
 # were copied to shared memory 4 bytes at a time), on an H200 (same SM count): at the previous
 # table's tiles that layout alone took the sparse kernels from 3.91 to 2.06 ms at batch 1 and
-# from 21.96 to 12.39 ms at batch 8 (docs/sparse_ops_results/h200_kernels_fp32_{kn,nk}.json).
+# from 21.96 to 12.39 ms at batch 8 (docs/sparse_ops_results/h200_s5_run1_kernels_fp32_*.json).
 HOPPER_16BIT = {
     ('conv3x3', 64, 576): Tile(128, 64, 64, 4, 4),
     ('conv3x3', 128, 1152): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 42992),

@@ -111,7 +111,7 @@ def masker_tile(window, channels):
     """The ``MaskerTile`` for a ``window`` x ``window`` window over ``channels`` channels: from
     the layer alone, so a new image size compiles nothing."""
     # Measured on an H200 (fp16, channels-last, every R101 masker at 800x1216, batch 1 and 8;
-    # tools/benchmark_masker.py --tune, docs/sparse_ops_results/h200_masker_fp16.json).
+    # tools/benchmark_masker.py --tune, docs/sparse_ops_results/h200_s5_run1_masker_fp16.json).
     # Cells of 32K+ elements (S = 7 in stage 3: 49 pixels x 1024 channels, 88 cells at batch
     # 1) make few long programs: 8 warps on 64 x 128 tiles (14.2 -> 5.2 us there). Otherwise
     # 2-4 warps on 1K-2K-element tiles: 16 pixels x 64 channels from 16-pixel windows up (S =
