@@ -5,10 +5,9 @@ conv1..conv3 are matrices, the 3x3 conv's K ordered (dy, dx, c_in) to match the 
 its nine taps are gathered. Their layout is the one the backend's GEMM reads fastest
 (``weight_layout``): N x K ('nk', a 1x1 conv's weight) for the PyTorch backend, whose CPU GEMMs
 are oneDNN 1x1 convolutions, and for the Triton kernels in fp32; K x N ('kn') for the Triton
-kernels in fp16 / bf16. The downsample (1x1 conv
-+ BN) and the stem are folded into one 4-D channels-last conv each. These are pure functions:
-the block that owns the modules caches their results and drops the cache when its weights
-change.
+kernels in fp16 / bf16. The downsample (1x1 conv + BN) and the stem are folded into one 4-D
+channels-last conv each. These are pure functions: the block that owns the modules caches
+their results and drops the cache when its weights change.
 """
 from collections import namedtuple
 

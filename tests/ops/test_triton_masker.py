@@ -152,3 +152,39 @@ def test_masker_eval_cuda_fused_matches_torch(granularity, stride, monkeypatch):
         raise AssertionError('the fused eval kernel ran in training')
     monkeypatch.setattr(fused, 'masker_decision', fail)
     masker.train()(x, -(-50 // stride), -(-75 // stride))
+
+
+def _benchmark_tool():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[2] / 'tools' / 'benchmark_masker.py'
+    spec = importlib.util.spec_from_file_location('benchmark_masker', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_benchmark_tool_covers_every_masker_and_fitting_tiles():
+    """The tool's maskers are ResNet-101's 33 (8 distinct at 4-4-2-1, 800x1216), its candidate
+    tiles fit the window, and the library's tile follows the window and channels as measured
+    (64 x 128 tiles on 8 warps only for S = 7's large cells)."""
+    from lasnet_mmdet.ops.triton.masker import masker_tile
+    tool = _benchmark_tool()
+    maskers = tool.maskers(800, 1216, [4, 4, 2, 1])
+    assert sum(m['times'] for m in maskers) == 33
+    assert [(m['C'], m['hw'], m['window']) for m in maskers[:3]] == [
+        (64, (200, 304), 4), (256, (200, 304), 4), (256, (200, 304), 8)]
+    assert maskers[-1] == dict(stage=4, C=2048, hw=(25, 38), window=1, times=2)
+    for m in maskers:
+        tiles = list(tool.candidates(m['window'], m['C']))
+        assert tiles and all(t.block_p <= max(16, m['window'] ** 2) for t in tiles)
+    assert masker_tile(7, 1024).num_warps == 8 and masker_tile(14, 512).num_warps == 8
+    assert masker_tile(8, 256).block_p == 16 and masker_tile(1, 2048).cells == 4
+
+
+@pytest.mark.skipif(CUDA, reason='checks the refusal without a CUDA device')
+def test_benchmark_tool_refuses_to_run_without_cuda(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _benchmark_tool().main(['--batch', '1'])
+    assert exit_info.value.code == 2
+    assert 'needs a CUDA device' in capsys.readouterr().err

@@ -96,7 +96,7 @@ HOPPER_16BIT = {
     ('gemm', 1024, 256): Tiles(Tile(128, 128, 64, 8, 3), Tile(128, 128, 64, 4, 3), 10748),
     ('gemm', 2048, 512): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 2687),
 }
-HOPPER_32BIT = {  # measured on an H200 (sm_90, 132 SMs), weights N x K (see below)
+HOPPER_32BIT = {  # measured on an H200 (sm_90, 132 SMs), weights N x K (see the comment above)
     ('conv3x3', 64, 576): Tile(128, 64, 32, 4, 4),
     ('conv3x3', 128, 1152): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 32, 8, 3), 42992),
     ('conv3x3', 256, 2304): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 128, 32, 8, 3), 10748),
