@@ -11,8 +11,8 @@ the stream's order; a kernel after a non-Triton one (cuDNN, PyTorch) simply wait
 No kernel triggers its dependents early (``gdc_launch_dependents``): they launch as its
 programs exit. Measured on an H100 (graphed LAS-R101 backbone, fp16, 800x1216, batch 1,
 r = 0.5; ``LASNET_TRITON_PDL=0`` / ``1`` interleaved, two runs each): 2.15 / 2.14 ms without
-PDL, 2.12 / 2.10 with it; batch 8 unchanged (8.71 vs 8.70). With a trigger at each kernel's
-start the next kernel's programs sat waiting on the SMs: 2.20 -> 2.37 ms, slower.
+PDL, 2.12 / 2.10 with it. With a trigger at each kernel's start batch 1 got slower, 2.20 ->
+2.37 ms (batch 8: 8.71 / 8.70).
 
 ``use_pdl(device)``: on for CUDA devices of compute capability 9.0 or later, off in Triton's
 interpreter and with ``LASNET_TRITON_PDL=0`` (read once per process).
