@@ -333,10 +333,13 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
         if not schedule.bn_folded:
             ks.append(_eltwise('downsample.bn', dense_out, b))
     if schedule.relu_rest_in_conv3:
-        # Inside conv3's launch: the residual read and the output written at every row,
-        # through the row list (active rows with conv3's product added).
+        # Inside conv3's launch, through the row list: the residual read and the output
+        # written at the active rows (conv3's product added) and, in a downsample block, at
+        # every other row too; an identity block updates its input (a block output, >= 0)
+        # in place, so its other rows are not touched.
         active_out = n_out_rows * cout
-        ks.append(Kernel('residual_relu', bytes=2 * (dense_out - active_out) * b,
+        rest_out = dense_out - active_out if shape.downsample else 0
+        ks.append(Kernel('residual_relu', bytes=2 * rest_out * b,
                          gathered_bytes=2 * active_out * b, launches=0))
     elif schedule.fused_scatter:
         # Read residual + active rows, write the output, ReLU in the same pass.

@@ -97,13 +97,16 @@ def sparse_bottleneck(x, coarse, weights, granularity, stride, backend='torch',
         granularity (int): Patch size S.
         stride (int): The block's stride (on conv2, pytorch style).
         backend (str): 'torch' or 'triton' (``resolve_backend`` picks one for 'auto').
-        reuse_output (bool): 'torch' only: the output may be a buffer of the current
-            ``workspace.Workspace`` (see there); never ask for it when another party may hold
-            the returned tensor.
+        reuse_output (bool): Only for a caller that knows nobody else holds these tensors
+            (``LASResNet`` without hooks). 'torch': the output may be a buffer of the current
+            ``workspace.Workspace`` (see there). 'triton': ``x`` is the previous LAS block's
+            output (>= 0), and an identity block updates it in place, writing only its
+            active rows.
     """
     _check_inputs(x, coarse, weights, granularity, stride, backend)
     if backend == 'torch':
         return torch_forward(x, coarse, weights, granularity, stride, reuse_output)
     from .triton import triton_forward
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
-    return triton_forward(x, coarse, weights, granularity, stride, ieee=ieee)
+    return triton_forward(x, coarse, weights, granularity, stride, ieee=ieee,
+                          in_place=reuse_output)

@@ -60,13 +60,17 @@ def test_tensor_cores_and_fusion_pay():
 
 
 def test_rows_schedule_launches_what_the_triton_backend_launches():
-    """Per identity block: the masker, the row lists (counts zeroed, compaction), conv1,
-    conv2 and conv3, whose launch also writes ReLU(residual) off the mask."""
+    """Per identity block: the masker, the row lists (compaction), conv1, conv2 and conv3,
+    which updates the block input in place at the active rows; a downsample block's conv3
+    launch also writes ReLU(residual) off the mask."""
     from lasnet_mmdet.ops import TRITON_INDEX_OPS
     kernels = las_kernels(STAGE3, 2, 0.5, 'rows')
     assert sum(k.launches for k in kernels) == 1 + TRITON_INDEX_OPS + 3
     residual = next(k for k in kernels if k.name == 'residual_relu')
     dense_out = 2 * 50 * 76 * 1024 * 4  # read and written once each, fp32
+    assert residual.bytes == 0 and residual.gathered_bytes == dense_out / 2  # r = 0.5
+    first = BlockShape(512, 256, 100, 152, stride=2, downsample=True)
+    residual = next(k for k in las_kernels(first, 2, 0.5, 'rows') if k.name == 'residual_relu')
     assert residual.bytes + residual.gathered_bytes == dense_out
 
 

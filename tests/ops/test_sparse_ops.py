@@ -219,6 +219,26 @@ def test_identity_block_writes_in_place_only_into_workspace_outputs():
         assert_close_to_scale(out, ref, 1e-4)
 
 
+@pytest.mark.parametrize('rate', [0.0, 0.5, 1.0])
+def test_triton_identity_block_updates_a_block_output_in_place(rate):
+    """With ``reuse_output`` (the backbone's promise: x is the previous block's output, held by
+    no one else) an identity block on the Triton backend returns x, written at its active
+    rows only; without it x is left alone. Both equal the dense-masked output."""
+    block = make_block(64, 16, 2, 1, downsample=False).to(DEVICE)
+    x = torch.randn(1, 64, 12, 14).relu().to(DEVICE).contiguous(
+        memory_format=torch.channels_last)
+    coarse = coarse_for(block, x, rate)
+    with torch.no_grad():
+        ref = dense_masked_forward(block, x, coarse)
+        kept = x.clone()
+        out = sparse_forward(block, x, coarse, 'triton', reuse_output=False)
+        assert out.data_ptr() != x.data_ptr() and torch.equal(x, kept)
+        assert_close_to_scale(out, ref, 1e-4)
+        out = sparse_forward(block, x, coarse, 'triton', reuse_output=True)
+    assert out.data_ptr() == x.data_ptr()
+    assert_close_to_scale(out, ref, 1e-4)
+
+
 @pytest.mark.parametrize('shape', [(2, 5, 7, 9), (1, 300, 3, 100), (1, 8, 1, 1)])
 def test_to_nchw_blocked_copy(shape):
     t = torch.randn(shape).contiguous(memory_format=torch.channels_last)

@@ -89,8 +89,9 @@ class LASBottleneck(Bottleneck):
         self.tau = 1.0
         self.gumbel_noise = 1.0
         self.sparse_inference = 'off'
-        # True only while the backbone knows nobody else can hold this block's output (the
-        # PyTorch backend may then write it into a reused workspace buffer).
+        # True only while the backbone knows nobody else can hold this block's input or
+        # output (the PyTorch backend may then write the output into a reused workspace
+        # buffer; an identity block on the Triton backend updates its input in place).
         self.reuse_output = False
         # (coarse mask, input size) of the last forward; after a CUDA-graph replay
         # (flat masks of all blocks, offset, shape, input size), sliced on first use.

@@ -7,7 +7,8 @@
     residual            identity, or the downsample conv (cuDNN, no bias: its folded BN is
                         added by conv3's launch, a pass over the residual fewer)
     rows_gemm (conv3)   compact rows GEMM + bias + residual, ReLU -> scattered output rows;
-                        the same launch writes ReLU(residual) at the inactive rows
+                        the same launch writes ReLU(residual) at the inactive rows (or, for
+                        an identity block allowed to, the output is x updated in place)
 """
 import torch
 import torch.nn.functional as F
@@ -18,10 +19,12 @@ from .compact import compact_rows
 from .gemm import conv3x3_rows, rows_gemm
 
 
-def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
+def triton_forward(x, coarse, weights, granularity, stride, ieee=False, in_place=False):
     """Eval output of a LAS bottleneck (``weights``: ``FoldedBottleneck``) on its active
     patches. ``ieee``: fp32 products in full precision (else TF32 on tensor cores, as cuDNN's
-    dense convs under ``torch.backends.cudnn.allow_tf32``)."""
+    dense convs under ``torch.backends.cudnn.allow_tf32``). ``in_place``: an identity block
+    writes its output into ``x``, at the active rows only; only for an ``x`` that is >= 0
+    (ReLU(x) = x where no patch runs: a previous block's output) and held by no one else."""
     batch, _, in_h, in_w = x.shape
     out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
     f = weights
@@ -43,6 +46,12 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False):
     y2 = x.new_empty(out_rows, mid_c)
     conv3x3_rows(mid, w2, f.b2, y2, active, counts[1:], out_rows, (in_h, in_w),
                  (out_h, out_w), stride, ieee=ieee)
+    if f.ds_weight is None and in_place:
+        # Each active row reads its residual and writes its output at the same place; the
+        # other rows already hold ReLU(x) = x: half the block output's traffic at r = 0.5.
+        rows_gemm(y2, w3, f.b3, x, active, counts[1:], out_rows, gather_a=False,
+                  scatter_out=True, res=x, ieee=ieee)
+        return x
     if f.ds_weight is None:
         res = x
     else:
