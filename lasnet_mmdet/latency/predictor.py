@@ -138,6 +138,7 @@ class Kernel:
     window_bytes: float = 0.0   # CPU: a pooling window's reads (9 per output)
     launches: int = 1           # ops it stands for (each pays the launch cost)
     blas: bool = False          # CPU: a BLAS GEMM (efficiency ``blas`` x ``compute``)
+    tile_rows: int = 0          # GPU: the rows the tile is picked for, if not M (see _gemm)
 
     @property
     def is_gemm(self):
@@ -167,18 +168,30 @@ def _gemm_compute_s(kernel, profile, dtype):
     per_sm = peak * _shape_efficiency(profile, (K, )) / profile.sms
     onchip = profile.onchip_gbps * 1e9
     nbytes = DTYPE_BYTES[dtype]
-    best = math.inf
-    for tm in (profile.tile // 2, profile.tile):
-        for tn in (profile.tile // 2, profile.tile):
-            tiles = math.ceil(M / tm) * math.ceil(N / tn)
-            # Wave quantisation, softened: tiles that share an SM overlap each other's memory
-            # latency, so each wave after the first costs a fraction of the first.
-            waves = 1 + (math.ceil(tiles / profile.sms) - 1) * LATER_WAVE_COST
-            t_comp = waves * 2.0 * tm * tn * K / per_sm
-            # Every N-tile re-reads its A rows and every M-tile its B columns from L2.
-            t_l2 = (M * K * math.ceil(N / tn) + K * N * math.ceil(M / tm)) * nbytes / onchip
-            best = min(best, max(t_comp, t_l2))
-    return best
+
+    def tile_time(rows, tm, tn):
+        tiles = math.ceil(rows / tm) * math.ceil(N / tn)
+        # Wave quantisation, softened: tiles that share an SM overlap each other's memory
+        # latency, so each wave after the first costs a fraction of the first.
+        waves = 1 + (math.ceil(tiles / profile.sms) - 1) * LATER_WAVE_COST
+        t_comp = waves * 2.0 * tm * tn * K / per_sm
+        # Every N-tile re-reads its A rows and every M-tile its B columns from L2.
+        t_l2 = (rows * K * math.ceil(N / tn) + K * N * math.ceil(rows / tm)) * nbytes / onchip
+        return max(t_comp, t_l2)
+
+    small, large = profile.tile // 2, profile.tile
+    tiles = [(tm, tn) for tm in (small, large) for tn in (small, large)]
+    if kernel.tile_rows:
+        # The Triton row kernels pick their tile per layer (``ops.triton.gemm.Tiles``), not
+        # per mask: a short row list still runs full-size tiles, one wave at full length each
+        # (H100: the block's cost at r = 0.1 is most of its cost at r = 0.5). Modelled as the
+        # large tile (N-wide up to it) unless the whole dense layer is under a quarter wave
+        # of small tiles; picked by the fit to the H100 block measurements (docs/latency.md).
+        if kernel.tile_rows * N <= profile.sms * small * small / 4:
+            tiles = [(small, small)]
+        else:
+            tiles = [(large, large if N >= large else small)]
+    return min(tile_time(M, tm, tn) for tm, tn in tiles)
 
 
 def kernel_time(kernel, profile, dtype=None):
@@ -354,12 +367,15 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
     return ks
 
 
-def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None):
-    """A conv GEMM (+ its BN / ReLU passes when the schedule does not fuse them)."""
+def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None, tile_rows=0):
+    """A conv GEMM (+ its BN / ReLU passes when the schedule does not fuse them).
+    ``tile_rows``: the Triton row kernels pick their tile per layer from its dense row count
+    (``ops.triton.gemm.Tiles``), not from the M of this mask."""
     ks = [Kernel(name, M if m_pad is None else m_pad, N, K,
                  bytes=(M * N + N * K + (0 if gathered else in_elems)) * b,
                  gathered_bytes=in_elems * b if gathered else 0.0,
-                 alloc_bytes=_fresh(M * N * b), blas=M < schedule.blas_below_rows)]
+                 alloc_bytes=_fresh(M * N * b), blas=M < schedule.blas_below_rows,
+                 tile_rows=tile_rows)]
     if not schedule.bn_folded:
         ks.append(_eltwise(name + '.bn', M * N, b, fresh=True))
     if not schedule.epilogue_fused:
@@ -391,19 +407,22 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
     if n1 > schedule.dense_conv1_above * in_px:
         ks += _gemm('conv1', in_px, mid, cin, in_px * cin, schedule, b)
     elif schedule.gather_in_conv:
-        ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b, gathered=True)
+        ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b, gathered=True,
+                    tile_rows=in_px)
     else:
         ks.append(Kernel('gather1', bytes=n1 * cin * b, gathered_bytes=n1 * cin * b))
         ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b)
         ks.append(Kernel('scatter1', bytes=n1 * mid * b, gathered_bytes=n1 * mid * b))
     if schedule.gather_in_conv:
         # Implicit GEMM: the nine taps' re-reads hit on-chip memory; DRAM sees conv1's rows.
-        ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True)
+        ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True,
+                    tile_rows=out_px)
     else:
         ks.append(Kernel('gather2', bytes=9 * n2 * mid * b, gathered_bytes=9 * n2 * mid * b))
         ks += _gemm('conv2', n2, mid, 9 * mid, 9 * n2 * mid, schedule, b)
     ks += _gemm('conv3', n2, shape.out_channels, mid, n2 * mid,
-                schedule.replace(epilogue_fused=True), b)
+                schedule.replace(epilogue_fused=True), b,
+                tile_rows=out_px if schedule.gather_in_conv else 0)
     return ks + _residual_kernels(shape, schedule, n2, b)
 
 
