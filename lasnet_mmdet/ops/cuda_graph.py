@@ -6,7 +6,8 @@ warms ``fn`` up on a side stream (Triton compilation, cuDNN/cuBLAS handles), cal
 more with torch's sync debug mode set to 'error' (a host synchronisation cannot be
 captured), captures one CUDA graph and replays it (three passes of ``fn`` for a new key);
 later calls with the same key copy ``x`` into the graph's static input, replay, and return
-clones of the static outputs, so a returned tensor never changes afterwards. The key is the input's shape, strides, dtype and device, the CUDA autocast state,
+copies of the static outputs (clones, or ``copy_out``'s fresh tensors, e.g. a layout
+conversion that must copy anyway), so a returned tensor never changes afterwards. The key is the input's shape, strides, dtype and device, the CUDA autocast state,
 the TF32 flags (they change which kernels run) and whatever the caller adds (``key=``, e.g.
 the sparse-inference mode).
 
@@ -44,13 +45,14 @@ _EAGER = object()  # cache entry of a key whose capture failed
 class _Graph:
     """One captured graph: its static input, static outputs and the output structure."""
 
-    def __init__(self, graph, static_x, static_out, single):
+    def __init__(self, graph, static_x, static_out, single, copy_out):
         self.graph, self.static_x, self.static_out, self.single = graph, static_x, static_out, single
+        self.copy_out = copy_out
 
     def __call__(self, x):
         self.static_x.copy_(x)
         self.graph.replay()
-        outs = tuple(t.clone() for t in self.static_out)
+        outs = tuple(self.copy_out(t) for t in self.static_out)
         return outs[0] if self.single else outs
 
 
@@ -78,12 +80,15 @@ class CUDAGraphCache:
         name (str): Names the cache in the log message of a failed capture.
     """
 
-    def __init__(self, max_entries=16, warmup=1, name='CUDAGraphCache'):
+    def __init__(self, max_entries=16, warmup=1, name='CUDAGraphCache', copy_out=None):
         if isinstance(max_entries, bool) or int(max_entries) != max_entries or max_entries < 1:
             raise ValueError(f'max_entries must be an integer >= 1, got {max_entries!r}')
         if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 1:
             raise ValueError(f'warmup must be an integer >= 1, got {warmup!r}')
         self.max_entries, self.warmup, self.name = int(max_entries), int(warmup), name
+        # Each static output becomes the caller's through ``copy_out(t)``: a tensor that
+        # shares no memory with ``t`` (default: ``t.clone()``).
+        self.copy_out = copy_out or torch.clone
         self._graphs = OrderedDict()
         self._pool = None
         self._warned = False
@@ -183,7 +188,7 @@ class CUDAGraphCache:
                 raise
             torch.cuda.current_stream(device).wait_stream(side)
             static_out, single = _as_tuple(out)
-            return _Graph(graph, static_x, static_out, single)
+            return _Graph(graph, static_x, static_out, single, self.copy_out)
 
 
 def _host_sync(fn, x):

@@ -40,6 +40,7 @@ def test_graphed_backbone_equals_eager_and_dense_masked_across_shapes():
                 out, ref, dense = graphed(x), eager(x), off(x)
                 for o, r, d in zip(out, ref, dense):
                     assert torch.equal(o, r)
+                    assert o.is_contiguous() and r.is_contiguous()  # NCHW, as mmdet's ResNet
                     assert_close_to_scale(o, d, 2e-2)
                 # Statistics and masks follow the replayed call, not the capture.
                 assert torch.equal(graphed.las_stats['macs_dynamic_per_image'],
@@ -69,6 +70,20 @@ def test_graphs_honour_changing_pins_and_weights():
         backbone.cuda_graph = False
         assert torch.equal(after[-1], backbone(x)[-1])
     assert not torch.equal(before[-1], after[-1])
+
+
+@requires_cuda
+def test_graph_cache_eager_fallback_returns_nchw():
+    """Grad mode on with frozen weights: the sparse path runs, the graph cache calls the
+    forward eagerly, and its channels-last stage outputs still reach the caller as NCHW."""
+    backbone = make_backbone().cuda().half().requires_grad_(False)
+    x = torch.randn(1, 3, 64, 96, device='cuda', dtype=torch.half)
+    with torch.no_grad():
+        ref = backbone(x)  # replayed
+    outs = backbone(x)  # grad mode: eager
+    assert backbone._graphs.stats['eager'] >= 1
+    for o, r in zip(outs, ref):
+        assert o.is_contiguous() and torch.equal(o, r)
 
 
 @requires_cuda

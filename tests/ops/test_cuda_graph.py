@@ -100,6 +100,26 @@ def test_single_tensor_extra_key_and_clear():
 
 
 @requires_cuda
+def test_copy_out_makes_the_returned_tensors():
+    net = TwoOutputs().cuda().eval().to(memory_format=torch.channels_last)
+    # e.g. a layout conversion: the returned tensors are copy_out's, fresh on every replay
+    cache = CUDAGraphCache(copy_out=lambda t: t.contiguous().clone())
+    x = torch.randn(2, 3, 16, 24, device='cuda').contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = net(x)
+        first = cache(net, x)  # capture, then the first replay
+        second = cache(net, x)  # a hit
+    for a, b, r in zip(first, second, ref):
+        assert a.is_contiguous() and b.is_contiguous() and r.dim() == 4
+        assert a.data_ptr() != b.data_ptr()
+        torch.testing.assert_close(a, r)
+        torch.testing.assert_close(b, r)
+    assert ref[0].is_contiguous(memory_format=torch.channels_last)
+    assert not ref[0].is_contiguous()  # so the conversion did happen
+    assert cache.stats['hits'] == 1
+
+
+@requires_cuda
 def test_autocast_state_is_part_of_the_key():
     model = TwoOutputs().cuda().eval()
     cache = CUDAGraphCache()

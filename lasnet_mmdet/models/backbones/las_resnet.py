@@ -283,6 +283,11 @@ class LASBottleneck(Bottleneck):
         return self._stats
 
 
+def _nchw_copy(t):
+    """A fresh NCHW copy of a CUDA-graph output (``CUDAGraphCache(copy_out=...)``)."""
+    return to_nchw(t, fresh=True, use_triton=True)
+
+
 def _validate_granularity(granularity, num_stages):
     if isinstance(granularity, numbers.Real) and not isinstance(granularity, bool):
         granularity = (granularity, ) * num_stages
@@ -372,7 +377,9 @@ class LASResNet(ResNet):
         self.input_size = None  # (H, W) of the last forward's input
         # Scratch buffers of the PyTorch sparse backend, kept between forwards (never saved).
         self._workspace = Workspace()
-        self._graphs = CUDAGraphCache(max_entries=cuda_graph_cache)
+        # A replay's stage outputs (channels-last) leave the graph's memory through their NCHW
+        # conversion: one copy, where an in-graph conversion and the cache's clone were two.
+        self._graphs = CUDAGraphCache(max_entries=cuda_graph_cache, copy_out=_nchw_copy)
         self._pin_epoch = 0  # bumped whenever pinned masks change (graphs hold the masks)
         self._mask_layouts = {}
         self._hooked = None  # whether hooks saw the blocks at the last eval forward
@@ -578,7 +585,9 @@ class LASResNet(ResNet):
         # (sliced only when read: no per-block tensor work on the hot path).
         for block, offset, shape, in_hw in self._mask_layout(x.shape[0], *x.shape[-2:]):
             block._mask_record, block._stats = (masks, offset, shape, in_hw), None
-        return tuple(outs)
+        # Replayed outputs are NCHW already (``_nchw_copy``); the cache's eager fallback
+        # returns the forward's own channels-last ones.
+        return tuple(to_nchw(out, use_triton=True) for out in outs)
 
     def _mask_layout(self, batch, in_h, in_w):
         """``(block, offset, coarse mask shape, block input size)`` in forward order, the
@@ -594,17 +603,19 @@ class LASResNet(ResNet):
         return self._mask_layouts[key]
 
     def _forward_and_masks(self, x):
-        outs = self._sparse_forward(x)
+        outs = self._sparse_forward(x, nchw_outputs=False)
         masks = torch.cat([block.last_coarse_mask.reshape(-1) for _, block in self.las_blocks()])
         return (*outs, masks)
 
-    def _sparse_forward(self, x):
+    def _sparse_forward(self, x, nchw_outputs=True):
         """mmdet's ResNet forward on the sparse blocks, in autocast's dtype when it is on, the
         stem's BN folded into its conv (the stem maps are the largest of the network: one pass
         over them fewer; with the Triton backend the conv runs without bias and one launch
         adds the bias, applies the ReLU and max-pools, ``ops.triton.stem_pool``). Each stage
         output is copied to a fresh NCHW tensor as soon as its stage ends, before the
-        workspace reuses its buffer (``lasnet_mmdet.ops.workspace``)."""
+        workspace reuses its buffer (``lasnet_mmdet.ops.workspace``); ``nchw_outputs=False``
+        (the graphed Triton forward, no workspace: a stage's output is written by its own
+        blocks only) returns the channels-last stage outputs themselves."""
         dtype = self._cast_dtype(x)
         use_triton = self._stem_backend(x) == 'triton'
         with torch.autocast(x.device.type, enabled=False):
@@ -631,7 +642,8 @@ class LASResNet(ResNet):
                 for i, layer_name in enumerate(self.res_layers):
                     x = getattr(self, layer_name)(x)
                     if i in self.out_indices:
-                        outs.append(to_nchw(x, fresh=True, use_triton=use_triton))
+                        outs.append(to_nchw(x, fresh=True, use_triton=use_triton)
+                                    if nchw_outputs else x)
         return tuple(outs)
 
     # --- what the last forward did ----------------------------------------------------------
