@@ -42,6 +42,9 @@ def parse_args(argv=None):
     parser.add_argument('--schedule', choices=sorted(SCHEDULES),
                         help='schedule the sparse backend runs (default: rows, i.e. the '
                         'Triton kernels, on CUDA; torch otherwise)')
+    parser.add_argument('--compile-deployed', action='store_true',
+                        help='time the deployed dense blocks through torch.compile (the '
+                        "benchmark's best dense; GPU: minutes) and fit them (vendor efficiency)")
     parser.add_argument('--dense-only', action='store_true',
                         help='skip the sparse LAS block benchmarks')
     parser.add_argument('--out', required=True, help='profile JSON to write')
@@ -54,6 +57,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     measure.CUDA_GRAPHS = args.cuda_graphs
+    measure.COMPILE_DEPLOYED = args.compile_deployed
     measure.DEFAULT_STAT = args.stat
     base = None
     if args.preset:

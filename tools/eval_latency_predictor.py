@@ -94,6 +94,9 @@ def parse_args(argv=None):
     parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'triton'))
     parser.add_argument('--cuda-graphs', action='store_true',
                         help='time CUDA graph replays (GPU time, no host launch overhead)')
+    parser.add_argument('--compile-deployed', action='store_true',
+                        help="time the deployed dense backbone through torch.compile (the "
+                        "benchmark's best dense; GPU: minutes)")
     parser.add_argument('--schedule', choices=sorted(SCHEDULES), help="default: the profile's")
     parser.add_argument('--shape', nargs=2, type=int, default=(800, 1216), metavar=('H', 'W'))
     parser.add_argument('--granularities', nargs='+', type=int, default=(1, 2, 4, 7, 8))
@@ -123,6 +126,7 @@ def main(argv=None):
         sys.exit(f'error: {e}')
     measure.DEFAULT_STAT = args.stat
     measure.CUDA_GRAPHS = args.cuda_graphs
+    measure.COMPILE_DEPLOYED = args.compile_deployed
     dtype = args.dtype or profile.dtype
     schedule = get_schedule(args.schedule, profile).replace(with_masker=False)  # pinned masks
     device = args.device
@@ -164,6 +168,8 @@ def main(argv=None):
                   profile=profile.name, dtype=dtype, backend=args.backend,
                   shape=list(args.shape), stat=saved.get('stat') if saved else args.stat,
                   cuda_graphs=saved.get('cuda_graphs', False) if saved else args.cuda_graphs,
+                  compiled_deployed=(saved.get('compiled_deployed', False) if saved
+                                     else args.compile_deployed),
                   measured_in=args.measured,
                   blocks=rows,
                   mape=sum(abs(p / m - 1) for p, m in zip(pred, meas)) / len(rows),
@@ -178,8 +184,8 @@ def main(argv=None):
         else:
             dense, las = make_backbones(101, g, device, dtype, args.backend)
             m_static = measure_backbone(dense, *args.shape, None, 1, device, dtype)
-            m_deployed = measure_backbone(fold_resnet(dense), *args.shape, None, 1, device,
-                                          dtype, channels_last=True)
+            m_deployed = measure_backbone(measure.deployed(fold_resnet(dense)), *args.shape,
+                                          None, 1, device, dtype, channels_last=True)
             del dense
             m_las = measure_backbone(las, *args.shape, r, 1, device, dtype)
         p_static = predict_backbone(profile, *args.shape, None, dtype=dtype)['total']

@@ -26,6 +26,16 @@ DEFAULT_STAT = 'median'
 # On CUDA, time replays of a captured CUDA graph: the GPU's time without the host's launch
 # overhead, which at batch 1 in eager mode hides everything the kernels do.
 CUDA_GRAPHS = False
+# Time the deployed dense reference (blocks and backbone) as the benchmark's best dense
+# network: the folded channels-last module through ``torch.compile(mode=COMPILE_MODE)``
+# (minutes of compilation and autotuning on a GPU), instead of eager.
+COMPILE_DEPLOYED = False
+COMPILE_MODE = 'max-autotune-no-cudagraphs'
+
+
+def deployed(fn):
+    """``fn`` as the deployed dense network runs it (see ``COMPILE_DEPLOYED``)."""
+    return torch.compile(fn, mode=COMPILE_MODE) if COMPILE_DEPLOYED else fn
 
 
 @torch.no_grad()
@@ -152,7 +162,8 @@ def measure_static_block(shape, device='cpu', dtype='fp32', block=None, warmup=2
 def measure_deployed_block(shape, device='cpu', dtype='fp32', block=None, warmup=2, repeats=5,
                            min_seconds=0.0):
     """Median seconds of the block as the deployed dense network runs it: BN folded,
-    channels-last weights and input (``benchmark.dense.fold_block``)."""
+    channels-last weights and input (``benchmark.dense.fold_block``), compiled under
+    ``COMPILE_DEPLOYED``."""
     from mmdet.models.backbones.resnet import Bottleneck
 
     from ..benchmark.dense import fold_block
@@ -160,7 +171,8 @@ def measure_deployed_block(shape, device='cpu', dtype='fp32', block=None, warmup
     folded = fold_block(block)
     x = torch.randn(shape.batch, shape.in_channels, shape.in_h, shape.in_w, device=device,
                     dtype=TORCH_DTYPES[dtype]).contiguous(memory_format=torch.channels_last)
-    return time_fn(lambda: Bottleneck.forward(folded, x), device, warmup, repeats, min_seconds)
+    fn = deployed(lambda inp: Bottleneck.forward(folded, inp))
+    return time_fn(lambda: fn(x), device, warmup, repeats, min_seconds)
 
 
 def make_backbones(depth=101, granularity=(4, 4, 2, 1), device='cpu', dtype='fp32',

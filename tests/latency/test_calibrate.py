@@ -15,7 +15,9 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def test_fit_recovers_known_efficiencies():
-    truth = PRESETS['h100'].with_efficiency(compute=0.3, memory=0.6, gather=0.2, launch_us=7.0)
+    # vendor: the dense (cuDNN) convs of the static blocks run at their own efficiency
+    truth = PRESETS['h100'].with_efficiency(compute=0.3, memory=0.6, gather=0.2, launch_us=7.0,
+                                            vendor=0.4)
     shapes = [BlockShape(256, 64, 200, 304), BlockShape(1024, 256, 50, 76),
               BlockShape(2048, 512, 25, 38)]
     kernel_sets = [[Kernel('tiny', bytes=8)], [Kernel('copy', bytes=2**28)]]
@@ -26,8 +28,19 @@ def test_fit_recovers_known_efficiencies():
     benches = [Benchmark(str(i), ks, kernels_time(ks, truth)) for i, ks in enumerate(kernel_sets)]
     fitted, rms = fit_efficiency(PRESETS['h100'], benches)
     assert rms < 0.02
-    for key in ('compute', 'memory', 'launch_us'):
+    for key in ('compute', 'memory', 'launch_us', 'vendor'):
         assert fitted.efficiency[key] == pytest.approx(truth.efficiency[key], rel=0.1)
+
+
+def test_gpu_fits_the_deployed_block_only_when_compiled():
+    # The model's deployed block fuses its epilogues as torch.compile does; the eager folded
+    # block (separate ReLU / add kernels) is only a check on GPUs.
+    shape = BlockShape(1024, 256, 50, 76)
+    kernels = static_kernels(shape, 'fp16', deployed=True)
+    eager = Benchmark('eager', kernels, 1e-4, {'op': 'deployed_block'})
+    compiled = Benchmark('compiled', kernels, 1e-4, {'op': 'deployed_block', 'compiled': True})
+    assert fit_benchmarks(PRESETS['h100'], [eager, compiled]) == [compiled]
+    assert fit_benchmarks(load_profile('cpu-2t'), [eager, compiled]) == [eager, compiled]
 
 
 def test_calibrate_on_cpu_tiny_shapes(tmp_path):
