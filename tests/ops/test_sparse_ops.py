@@ -87,6 +87,26 @@ def test_torch_backend_gemm_paths_agree():
         assert_close_to_scale(acc, ref, 1e-5)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('batch,h,w', [(1, 5, 7), (2, 6, 3), (2, 1, 1)])
+def test_conv2_taps_read_the_zero_bordered_map(batch, h, w, stride):
+    """Taps into the (B, H+2, W+2) map with a zero border = the 3x3 im2col of the padded map,
+    for every output pixel (each image, the corners and edges included)."""
+    from lasnet_mmdet.ops.geometry import conv_out
+    from lasnet_mmdet.ops.patches import conv2_taps, padded_rows
+    c = 3
+    fmap = torch.randn(batch, h, w, c)
+    padded = torch.nn.functional.pad(fmap, (0, 0, 1, 1, 1, 1))  # zero border in H and W
+    rows = padded.reshape(-1, c)
+    assert torch.equal(rows[padded_rows(torch.arange(batch * h * w), h, w)],
+                       fmap.reshape(-1, c))
+    out_h, out_w = conv_out(h, stride), conv_out(w, stride)
+    taps = conv2_taps(torch.arange(batch * out_h * out_w), out_h, out_w, h, w, stride)
+    cols = torch.nn.functional.unfold(padded.permute(0, 3, 1, 2), 3, stride=stride)
+    ref = cols.view(batch, c, 9, out_h * out_w).permute(0, 3, 2, 1).reshape(-1, 9, c)
+    assert torch.equal(rows[taps], ref)
+
+
 @pytest.mark.parametrize('case,rate', [(c, r) for c in CASES for r in RATES
                                        if r == 0.5 or c[2] in (2, 7)], ids=str)
 def test_triton_backend_matches_dense_masked(case, rate):
