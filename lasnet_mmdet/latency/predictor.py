@@ -68,12 +68,12 @@ SCHEDULES = {
     # whose launch also writes ReLU(residual) at the inactive rows; the stem's bias, ReLU and
     # max-pool in one pass).
     'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True, stem_pool_fused=True),
-    # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, bias + ReLU and conv3's residual add
-    # in its epilogue; BLAS below ONEDNN_MIN_ROWS rows; fresh outputs), explicit gathers into
-    # reused workspace buffers, index_add, small ops to build the row lists, BN folded
-    # everywhere, the masker as avg-pool + 1x1 conv. Constants read from the ops.
+    # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, BLAS below ONEDNN_MIN_ROWS rows;
+    # fresh outputs), explicit gathers into reused workspace buffers, index_add, ReLU passes,
+    # small ops to build the row lists, BN folded everywhere, the masker as avg-pool + 1x1
+    # conv. Constants read from the ops.
     'torch': Schedule(patch_tiles=False, gather_in_conv=False, fused_scatter=False,
-                      masker_fused=False,
+                      masker_fused=False, epilogue_fused=False,
                       dense_conv1_above=DENSE_CONV1_ABOVE, index_ops=INDEX_OPS,
                       blas_below_rows=ONEDNN_MIN_ROWS, dense_block_above=DENSE_BLOCK_ABOVE),
 }

@@ -5,10 +5,8 @@ already is channels-last, which every block's output here is), and each conv is 
 BN folded in (``fold_bn``, weights N x K). On the CPU a GEMM of many rows runs as a oneDNN 1x1
 convolution over the row matrix viewed as a channels-last ``(1, K, rows, 1)`` image: for the
 narrow GEMMs of a ResNet (N = 64 ... 256) oneDNN is 1.4-1.9x faster than the BLAS ``addmm``
-(measured on 2 cores), and its fused form (``torch.ops.mkldnn._convolution_pointwise``, what
-``torch.compile`` emits on CPUs) applies the bias, the ReLU and conv3's residual add in its
-epilogue; below ``ONEDNN_MIN_ROWS`` rows its per-call weight reorder costs more than it saves,
-and ``addmm`` runs:
+(measured on 2 cores); below ``ONEDNN_MIN_ROWS`` rows its per-call weight reorder costs more
+than it saves, and ``addmm`` runs:
 
 1. conv1 (1x1): on the needed rows only (the dilated mask; each halo row computed once), written
    into a ``(B, H+2, W+2, C_mid)`` map whose one-pixel border stays zero; when nearly every row
@@ -54,15 +52,7 @@ INDEX_OPS = 36
 DENSE_BLOCK_ABOVE = 0.8
 # GEMMs of at least this many rows run as oneDNN 1x1 convolutions on the CPU (see above): at
 # 1820 x 2304 x 256 oneDNN was 10 % faster, at 491 x 4608 x 512 even, at 120 rows 13 % slower.
-# (A weight reordered once into oneDNN's blocked layout saved 5-15 % more, but the layout
-# oneDNN wants depends on the row count: a weight packed for one count ran other counts up to
-# 6x slower, 475 x 512 x 2048 among them; not used.)
 ONEDNN_MIN_ROWS = 1024
-
-# oneDNN's fused convolution, the op torch.compile's CPU backend emits: bias, ReLU and the
-# residual add in the GEMM's epilogue (no separate passes over its output).
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                           '_convolution_pointwise_')
 
 
 def _rows(t):
@@ -70,37 +60,14 @@ def _rows(t):
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
-def _image(rows):
-    """``(M, K)`` row matrix as the channels-last ``(1, K, M, 1)`` image oneDNN convolves."""
-    m, k = rows.shape
-    return rows.view(1, m, 1, k).permute(0, 3, 1, 2)
-
-
-def _onednn(rows):
-    """Whether the GEMM on ``rows`` runs as a oneDNN convolution."""
-    return (_ONEDNN and rows.device.type == 'cpu' and rows.dtype == torch.float32
-            and rows.shape[0] >= ONEDNN_MIN_ROWS and not rows.requires_grad)
-
-
-def gemm(rows, weight, bias, relu=False):
-    """``rows (M, K) @ weight (N, K).T + bias`` (then ReLU) as a fresh ``(M, N)`` matrix."""
-    if _onednn(rows):
-        out = torch.ops.mkldnn._convolution_pointwise(
-            _image(rows), weight.view(*weight.shape, 1, 1), bias, [0, 0], [1, 1], [1, 1], 1,
-            'relu' if relu else 'none', [], None)
-        return out.permute(0, 2, 3, 1).reshape(rows.shape[0], -1)  # channels-last: a view
-    out = torch.addmm(bias, rows, weight.t())
-    return out.relu_() if relu else out
-
-
-def gemm_add_relu_(acc, rows, weight, bias):
-    """``acc = ReLU(acc + rows @ weight.T + bias)`` in place (``acc`` contiguous ``(M, N)``)."""
-    if _onednn(rows):
-        torch.ops.mkldnn._convolution_pointwise_.binary(
-            _image(acc), _image(rows), weight.view(*weight.shape, 1, 1), bias, [0, 0], [1, 1],
-            [1, 1], 1, 'add', None, 'relu', [], None)
-        return acc
-    return acc.add_(torch.addmm(bias, rows, weight.t())).relu_()
+def gemm(rows, weight, bias):
+    """``rows (M, K) @ weight (N, K).T + bias`` as a fresh ``(M, N)`` matrix."""
+    if rows.device.type == 'cpu' and rows.shape[0] >= ONEDNN_MIN_ROWS:
+        m, k = rows.shape
+        image = rows.view(1, m, 1, k).permute(0, 3, 1, 2)  # (1, K, M, 1), channels-last
+        out = F.conv2d(image, weight.view(*weight.shape, 1, 1), bias)
+        return out.permute(0, 2, 3, 1).reshape(m, -1)  # channels-last output: a view
+    return torch.addmm(bias, rows, weight.t())
 
 
 def _dense_block(x, active, weights, stride):
@@ -179,15 +146,14 @@ def torch_forward(x, coarse, weights, granularity, stride, reuse_output=False):
     needed_rows = needed.flatten().nonzero().squeeze(1)
     m = needed_rows.numel()
     if m > DENSE_CONV1_ABOVE * batch * in_h * in_w:
-        y1 = gemm(x_rows, f.w1, f.b1, relu=True)
-        mid_map[:, 1:-1, 1:-1].copy_(y1.view(batch, in_h, in_w, mid_c))
+        y1 = gemm(x_rows, f.w1, f.b1).view(batch, in_h, in_w, mid_c)
+        torch.clamp_min(y1, 0, out=mid_map[:, 1:-1, 1:-1])
     else:
         x1 = torch.index_select(x_rows, 0, needed_rows, out=buffer('x1', m, in_c))
-        mid.index_copy_(0, padded_rows(needed_rows, in_h, in_w),
-                        gemm(x1, f.w1, f.b1, relu=True))
+        mid.index_copy_(0, padded_rows(needed_rows, in_h, in_w), gemm(x1, f.w1, f.b1).relu_())
     taps = conv2_taps(active_rows, out_h, out_w, in_h, in_w, stride)
     cols = torch.index_select(mid, 0, taps.flatten(), out=buffer('cols', 9 * n, mid_c))
-    y2 = gemm(cols.view(n, 9 * mid_c), f.w2, f.b2, relu=True)
-    gemm_add_relu_(y3, y2, f.w3, f.b3)
+    y2 = gemm(cols.view(n, 9 * mid_c), f.w2, f.b2).relu_()
+    y3.add_(gemm(y2, f.w3, f.b3)).relu_()
     _rows(out).index_copy_(0, active_rows, y3)
     return out
