@@ -444,12 +444,13 @@ def sparse_bottleneck_raw(block, x, coarse):
                              block.granularity, block.stride, 'torch')
 
 
+@pytest.mark.parametrize('onednn', [False, True])  # True: every row GEMM through oneDNN
 @pytest.mark.parametrize('execute_bias', [0.0, 2.0])  # 2.0: some blocks above 80 % active
-def test_nan_pixel_same_in_dense_masked_and_sparse(execute_bias, monkeypatch):
+def test_nan_pixel_same_in_dense_masked_and_sparse(execute_bias, onednn, monkeypatch):
     """One NaN input pixel: the sparse path and the dense-masked path ('off') agree on every
     output (NaN where and only where both have it) and on the cost ratio; with most patches
     active the PyTorch backend runs its blocks densely (``DENSE_BLOCK_ABOVE``) and must agree
-    too."""
+    too. (oneDNN's fused ReLU maps NaN to 0: the row GEMMs must not use it.)"""
     torch.manual_seed(0)
     backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='off').eval()
     from ops_helpers import randomise_bn
@@ -459,6 +460,8 @@ def test_nan_pixel_same_in_dense_masked_and_sparse(execute_bias, monkeypatch):
     x = torch.randn(1, 3, 96, 96)
     x[0, :, 40, 50] = float('nan')
     from lasnet_mmdet.ops import torch_backend
+    if onednn:
+        monkeypatch.setattr(torch_backend, 'ONEDNN_MIN_ROWS', 1)
     dense_blocks = []  # blocks the PyTorch backend ran densely (DENSE_BLOCK_ABOVE)
     run_dense = torch_backend._dense_block
     monkeypatch.setattr(torch_backend, '_dense_block',
