@@ -35,11 +35,11 @@ from .patches import conv2_taps, padded_rows, pixel_masks
 from .workspace import block_output, is_block_output, scratch
 
 # conv1 runs densely when more than this fraction of its rows is needed: the gather and the
-# scatter of the rows then cost more than the GEMM rows they save. At 73 % of the rows needed
-# (S = 4, r = 0.5; 2 CPU cores) dense took 12.4-12.9 vs 14.6-16.0 ms at 200x304x256 -> 64 and
-# about even at 100x152x512 -> 128 (10.2-11.0 vs 10.8-11.1 ms), still 2 ms faster at 65 % at
-# 200x304: 0.75 kept stage 1 sparse at r = 0.5. The latency predictor reads it.
-DENSE_CONV1_ABOVE = 0.7
+# scatter of the rows then cost more than the GEMM rows they save (measured on 2 CPU cores).
+# (0.7 made stage 1 and 2 dense at S = 4, r = 0.5, 73 % needed: 2-3 ms faster per conv1 alone,
+# but the R101 4-4-2-1 backbone ran 2-4 % slower, 1300 vs 1276 ms min of 10 interleaved runs.)
+# The latency predictor reads it.
+DENSE_CONV1_ABOVE = 0.75
 # Launches that turn the coarse mask into row lists here (upsample, dilate, nonzero, the conv1
 # map's border, padded rows, taps...), counted in ``pixel_masks``, ``padded_rows``,
 # ``conv2_taps`` and below (torch.profiler's top-level ops of one block, less its GEMMs,
