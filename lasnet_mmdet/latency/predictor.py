@@ -399,7 +399,8 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
     n1, n2 = las_rows(shape, granularity, rate, exact)
     in_px, out_px = B * shape.in_h * shape.in_w, B * out_h * out_w
     # Mask upsampling, dilation, nonzero and the taps' row lists (int64) in small ops.
-    taps = 0 if schedule.gather_in_conv else 3 * 8 * 9 * n2  # int64 tap lists, built on host
+    # The int64 tap lists: centre row + nine fixed offsets, written once.
+    taps = 0 if schedule.gather_in_conv else 8 * 9 * n2
     if n2 > schedule.dense_block_above * out_px:
         # Nearly all active: the deployed dense block's convs (fresh outputs), conv3's output
         # zeroed off the mask, the residual added and ReLU'd in two passes.

@@ -9,10 +9,10 @@ narrow GEMMs of a ResNet (N = 64 ... 256) oneDNN is 1.4-1.9x faster than the BLA
 than it saves, and ``addmm`` runs:
 
 1. conv1 (1x1): on the needed rows only (the dilated mask; each halo row computed once), written
-   into a ``(B*H*W + 1, C_mid)`` map whose last row stays zero; when nearly every row is needed
-   (fine S), one dense GEMM straight into the map is cheaper than gather + scatter.
+   into a ``(B, H+2, W+2, C_mid)`` map whose one-pixel border stays zero; when nearly every row
+   is needed (fine S), one dense GEMM copied into the map is cheaper than gather + scatter.
 2. conv2 (3x3, stride s): the nine taps of every active output pixel gathered (im2col on the
-   active pixels only; taps outside the image read the zero row) and one GEMM.
+   active pixels only; taps outside the image read the border) and one GEMM.
 3. conv3 (1x1) GEMM accumulated onto the gathered residual rows + ReLU, copied into the output,
    which is ReLU(residual) everywhere else (the downsample, when there is one, is the folded
    strided 1x1 conv, whose output becomes the block's output, made ReLU in place; an identity
@@ -31,16 +31,20 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import conv_out
-from .patches import conv2_taps, pixel_masks
+from .patches import conv2_taps, padded_rows, pixel_masks
 from .workspace import block_output, is_block_output, scratch
 
 # conv1 runs densely when more than this fraction of its rows is needed: the gather and the
 # scatter of the rows then cost more than the GEMM rows they save (measured on 2 CPU cores).
+# (0.7 made stage 1 and 2 dense at S = 4, r = 0.5, 73 % needed: 2-3 ms faster per conv1 alone,
+# but the R101 4-4-2-1 backbone ran 2-4 % slower, 1300 vs 1276 ms min of 10 interleaved runs.)
 # The latency predictor reads it.
 DENSE_CONV1_ABOVE = 0.75
-# Launches that turn the coarse mask into row lists here (upsample, dilate, nonzero, taps...),
-# counted in ``pixel_masks``, ``conv2_taps`` and below; the latency predictor reads it.
-INDEX_OPS = 25
+# Launches that turn the coarse mask into row lists here (upsample, dilate, nonzero, the conv1
+# map's border, padded rows, taps...), counted in ``pixel_masks``, ``padded_rows``,
+# ``conv2_taps`` and below (torch.profiler's top-level ops of one block, less its GEMMs,
+# gathers and scatters); the latency predictor reads it.
+INDEX_OPS = 36
 # Above this fraction of active output pixels the block runs its three convs densely (oneDNN,
 # channels-last, as the deployed dense network does) and keeps the conv3 output on the active
 # pixels only: the gathers, scatters and row lists then cost more than the skipped pixels save
@@ -135,16 +139,21 @@ def torch_forward(x, coarse, weights, granularity, stride, reuse_output=False):
     if n == 0:
         return out
 
-    mid = buffer('mid', batch * in_h * in_w + 1, mid_c)
-    mid[-1].zero_()
+    # conv1's output map with a zero border (conv2's padding): only the border is zeroed, the
+    # rows conv2 reads inside are all written.
+    mid_map = buffer('mid', batch, in_h + 2, in_w + 2, mid_c)
+    for border in (mid_map[:, 0], mid_map[:, -1], mid_map[:, 1:-1, 0], mid_map[:, 1:-1, -1]):
+        border.zero_()
+    mid = mid_map.view(-1, mid_c)
     needed_rows = needed.flatten().nonzero().squeeze(1)
     m = needed_rows.numel()
-    if m > DENSE_CONV1_ABOVE * (mid.shape[0] - 1):
-        torch.clamp_min(gemm(x_rows, f.w1, f.b1), 0, out=mid[:-1])
+    if m > DENSE_CONV1_ABOVE * batch * in_h * in_w:
+        y1 = gemm(x_rows, f.w1, f.b1).view(batch, in_h, in_w, mid_c)
+        torch.clamp_min(y1, 0, out=mid_map[:, 1:-1, 1:-1])
     else:
         x1 = torch.index_select(x_rows, 0, needed_rows, out=buffer('x1', m, in_c))
-        mid.index_copy_(0, needed_rows, gemm(x1, f.w1, f.b1).relu_())
-    taps = conv2_taps(active_rows, batch, out_h, out_w, in_h, in_w, stride)
+        mid.index_copy_(0, padded_rows(needed_rows, in_h, in_w), gemm(x1, f.w1, f.b1).relu_())
+    taps = conv2_taps(active_rows, out_h, out_w, in_h, in_w, stride)
     cols = torch.index_select(mid, 0, taps.flatten(), out=buffer('cols', 9 * n, mid_c))
     y2 = gemm(cols.view(n, 9 * mid_c), f.w2, f.b2).relu_()
     y3.add_(gemm(y2, f.w3, f.b3)).relu_()

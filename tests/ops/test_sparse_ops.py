@@ -81,6 +81,26 @@ def test_torch_backend_gemm_paths_agree():
         assert_close_to_scale(out, rows @ weight.t() + bias, 1e-5)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('batch,h,w', [(1, 5, 7), (2, 6, 3), (2, 1, 1)])
+def test_conv2_taps_read_the_zero_bordered_map(batch, h, w, stride):
+    """Taps into the (B, H+2, W+2) map with a zero border = the 3x3 im2col of the padded map,
+    for every output pixel (each image, the corners and edges included)."""
+    from lasnet_mmdet.ops.geometry import conv_out
+    from lasnet_mmdet.ops.patches import conv2_taps, padded_rows
+    c = 3
+    fmap = torch.randn(batch, h, w, c)
+    padded = torch.nn.functional.pad(fmap, (0, 0, 1, 1, 1, 1))  # zero border in H and W
+    rows = padded.reshape(-1, c)
+    assert torch.equal(rows[padded_rows(torch.arange(batch * h * w), h, w)],
+                       fmap.reshape(-1, c))
+    out_h, out_w = conv_out(h, stride), conv_out(w, stride)
+    taps = conv2_taps(torch.arange(batch * out_h * out_w), out_h, out_w, h, w, stride)
+    cols = torch.nn.functional.unfold(padded.permute(0, 3, 1, 2), 3, stride=stride)
+    ref = cols.view(batch, c, 9, out_h * out_w).permute(0, 3, 2, 1).reshape(-1, 9, c)
+    assert torch.equal(rows[taps], ref)
+
+
 @pytest.mark.parametrize('case,rate', [(c, r) for c in CASES for r in RATES
                                        if r == 0.5 or c[2] in (2, 7)], ids=str)
 def test_triton_backend_matches_dense_masked(case, rate):
@@ -424,12 +444,13 @@ def sparse_bottleneck_raw(block, x, coarse):
                              block.granularity, block.stride, 'torch')
 
 
+@pytest.mark.parametrize('onednn', [False, True])  # True: every row GEMM through oneDNN
 @pytest.mark.parametrize('execute_bias', [0.0, 2.0])  # 2.0: some blocks above 80 % active
-def test_nan_pixel_same_in_dense_masked_and_sparse(execute_bias, monkeypatch):
+def test_nan_pixel_same_in_dense_masked_and_sparse(execute_bias, onednn, monkeypatch):
     """One NaN input pixel: the sparse path and the dense-masked path ('off') agree on every
     output (NaN where and only where both have it) and on the cost ratio; with most patches
     active the PyTorch backend runs its blocks densely (``DENSE_BLOCK_ABOVE``) and must agree
-    too."""
+    too. (oneDNN's fused ReLU maps NaN to 0: the row GEMMs must not use it.)"""
     torch.manual_seed(0)
     backbone = LASResNet(depth=50, granularity=(4, 4, 2, 1), sparse_inference='off').eval()
     from ops_helpers import randomise_bn
@@ -439,6 +460,8 @@ def test_nan_pixel_same_in_dense_masked_and_sparse(execute_bias, monkeypatch):
     x = torch.randn(1, 3, 96, 96)
     x[0, :, 40, 50] = float('nan')
     from lasnet_mmdet.ops import torch_backend
+    if onednn:
+        monkeypatch.setattr(torch_backend, 'ONEDNN_MIN_ROWS', 1)
     dense_blocks = []  # blocks the PyTorch backend ran densely (DENSE_BLOCK_ABOVE)
     run_dense = torch_backend._dense_block
     monkeypatch.setattr(torch_backend, '_dense_block',
