@@ -32,6 +32,26 @@ def test_fit_recovers_known_efficiencies():
         assert fitted.efficiency[key] == pytest.approx(truth.efficiency[key], rel=0.1)
 
 
+def test_compile_deployed_times_the_compiled_block(monkeypatch):
+    # --compile-deployed: the deployed block runs through torch.compile in the benchmark's
+    # mode (a tiny CPU block: seconds of Inductor C++ compilation)
+    import torch
+    from lasnet_mmdet.latency import measure
+    calls, real = [], torch.compile
+
+    def spy(fn, **kwargs):
+        calls.append(kwargs.get('mode'))
+        return real(fn, **kwargs)
+    monkeypatch.setattr(torch, 'compile', spy)
+    monkeypatch.setattr(measure, 'COMPILE_DEPLOYED', True)
+    try:
+        shape = measure.stage_block_shape(3, 64, 64)
+        assert measure.measure_deployed_block(shape, 'cpu', 'fp32', warmup=1, repeats=2) > 0
+    finally:
+        torch._dynamo.reset()
+    assert calls == ['max-autotune-no-cudagraphs']
+
+
 def test_gpu_fits_the_deployed_block_only_when_compiled():
     # The model's deployed block fuses its epilogues as torch.compile does; the eager folded
     # block (separate ReLU / add kernels) is only a check on GPUs.
