@@ -7,9 +7,10 @@ more with torch's sync debug mode set to 'error' (a host synchronisation cannot 
 captured), captures one CUDA graph and replays it (three passes of ``fn`` for a new key);
 later calls with the same key copy ``x`` into the graph's static input, replay, and return
 copies of the static outputs (clones, or ``copy_out``'s fresh tensors, e.g. a layout
-conversion that must copy anyway), so a returned tensor never changes afterwards. The key is the input's shape, strides, dtype and device, the CUDA autocast state,
-the TF32 flags (they change which kernels run) and whatever the caller adds (``key=``, e.g.
-the sparse-inference mode).
+conversion that must copy anyway), so a returned tensor never changes afterwards. The key is
+the input's shape, strides, dtype and device, the CUDA autocast state, the TF32 flags (they
+change which kernels run) and whatever the caller adds (``key=``, e.g. the sparse-inference
+mode).
 
     cache = CUDAGraphCache(max_entries=16)
     with torch.no_grad():
@@ -78,6 +79,9 @@ class CUDAGraphCache:
         warmup (int): Eager calls of ``fn`` on a side stream before each capture (plus the
             one that checks for host synchronisations).
         name (str): Names the cache in the log message of a failed capture.
+        copy_out (callable | None): Makes the caller's tensor of each static output after a
+            replay; it must return a tensor sharing no memory with its argument (default:
+            ``torch.clone``).
     """
 
     def __init__(self, max_entries=16, warmup=1, name='CUDAGraphCache', copy_out=None):
@@ -85,9 +89,9 @@ class CUDAGraphCache:
             raise ValueError(f'max_entries must be an integer >= 1, got {max_entries!r}')
         if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 1:
             raise ValueError(f'warmup must be an integer >= 1, got {warmup!r}')
+        if copy_out is not None and not callable(copy_out):
+            raise ValueError(f'copy_out must be callable or None, got {copy_out!r}')
         self.max_entries, self.warmup, self.name = int(max_entries), int(warmup), name
-        # Each static output becomes the caller's through ``copy_out(t)``: a tensor that
-        # shares no memory with ``t`` (default: ``t.clone()``).
         self.copy_out = copy_out or torch.clone
         self._graphs = OrderedDict()
         self._pool = None

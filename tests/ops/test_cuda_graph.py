@@ -33,6 +33,8 @@ def test_constructor_validates():
             CUDAGraphCache(max_entries=bad)
     with pytest.raises(ValueError, match='warmup'):
         CUDAGraphCache(warmup=0)
+    with pytest.raises(ValueError, match="copy_out must be callable or None, got 'clone'"):
+        CUDAGraphCache(copy_out='clone')
 
 
 def test_cpu_inputs_run_eagerly():
