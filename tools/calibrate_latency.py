@@ -51,7 +51,11 @@ def parse_args(argv=None):
     parser.add_argument('--save-measurements', help='also write the raw measurements here')
     parser.add_argument('--from-measurements',
                         help='refit from saved measurements instead of measuring')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.compile_deployed and args.from_measurements:
+        parser.error('--compile-deployed times the deployed network; --from-measurements measures '
+                     'nothing (the saved measurements say how they were timed)')
+    return args
 
 
 def main(argv=None):

@@ -115,7 +115,11 @@ def parse_args(argv=None):
                         'whole backbone (maskers included) with its dense/sparse times')
     parser.add_argument('--measured', help='reuse the measurements of an earlier --json '
                         '(predict only: e.g. a refitted profile against the same runs)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.compile_deployed and args.measured:
+        parser.error('--compile-deployed times the deployed network; --measured measures '
+                     'nothing (the saved measurements say how they were timed)')
+    return args
 
 
 def main(argv=None):

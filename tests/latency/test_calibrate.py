@@ -63,6 +63,18 @@ def test_gpu_fits_the_deployed_block_only_when_compiled():
     assert fit_benchmarks(load_profile('cpu-2t'), [eager, compiled]) == [eager, compiled]
 
 
+@pytest.mark.parametrize('tool, reuse', [('calibrate_latency.py', '--from-measurements'),
+                                         ('eval_latency_predictor.py', '--measured')])
+def test_compile_deployed_refused_without_measuring(tool, reuse):
+    args = ['--profile', 'cpu-2t'] if tool.startswith('eval') else ['--out', 'unused.json']
+    proc = subprocess.run([sys.executable, f'tools/{tool}', *args, '--compile-deployed', reuse,
+                           'saved.json'], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f'--compile-deployed times the deployed network; {reuse} measures nothing' in (
+        proc.stderr)
+    assert not osp.exists(osp.join(REPO, 'unused.json'))
+
+
 def test_calibrate_on_cpu_tiny_shapes(tmp_path):
     profile, benches, rms = calibrate('cpu', shape_hw=(64, 64), sparse=True)
     assert profile.kind == 'cpu' and profile.schedule == 'torch'
