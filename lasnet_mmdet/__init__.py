@@ -3,7 +3,8 @@
 Importing the package registers ``LASResNet`` (MODELS) and the hooks (HOOKS) into mmdet's
 registries and changes nothing else. ``lasnet_mmdet.setup_env()`` (called by the tools) lets
 torch's safe loader read mmengine's own checkpoints under torch >= 2.6 and runs DDP (gloo) on
-machines without CUDA: see ``lasnet_mmdet/utils/setup_env.py``.
+machines without CUDA; ``teardown_env()`` closes the process group after a run that
+succeeded: see ``lasnet_mmdet/utils/setup_env.py``.
 """
 import mmdet
 import mmengine
@@ -17,6 +18,6 @@ if digit_version(mmengine.__version__) < digit_version('0.10.0'):
     raise ImportError(f'lasnet_mmdet needs mmengine >= 0.10, found {mmengine.__version__}')
 
 from . import engine, models  # noqa: E402,F401  (registers modules and hooks)
-from .utils.setup_env import setup_env  # noqa: E402
+from .utils.setup_env import setup_env, teardown_env  # noqa: E402
 
-__all__ = ['__version__', 'setup_env']
+__all__ = ['__version__', 'setup_env', 'teardown_env']

@@ -180,13 +180,14 @@ def save_results(path, args, metrics):
     print_log(f'metrics written to {path}', logger='current')
 
 
-def setup_environment():
-    """The plugin's explicit environment setup (checkpoint loading, CPU DDP), where present."""
+def plugin_env():
+    """The plugin's explicit environment setup (checkpoint loading, CPU DDP) and its teardown
+    (the process group closed after success), where the plugin is present."""
     try:
-        from lasnet_mmdet.utils import setup_env
+        from lasnet_mmdet.utils import setup_env, teardown_env
     except ImportError:
-        return
-    setup_env()
+        return (lambda: None), (lambda: None)
+    return setup_env, teardown_env
 
 
 def main(argv=None):
@@ -196,7 +197,8 @@ def main(argv=None):
         # scalar type Float but found BFloat16" in the RPN head): say so before any work.
         raise SystemExit('test.py: error: --fp16 needs CUDA (on CPU, mmengine autocasts to '
                          'bfloat16, which mmcv\'s CPU NMS does not support)')
-    setup_environment()
+    setup_env, teardown_env = plugin_env()
+    setup_env()
     setup_cache_size_limit_of_dynamo()
 
     try:
@@ -210,6 +212,7 @@ def main(argv=None):
     metrics = runner.test()
     if args.las_results is not None:
         save_results(args.las_results, args, metrics)
+    teardown_env()
 
 
 if __name__ == '__main__':

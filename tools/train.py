@@ -75,6 +75,7 @@ def main():
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    lasnet_mmdet.teardown_env()  # close the process group (utils/setup_env.py says why)
 
 
 if __name__ == '__main__':

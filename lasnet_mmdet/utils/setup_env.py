@@ -11,6 +11,11 @@ its own classes; the tools (``tools/train.py``, ``tools/test.py``) call ``setup_
   anything else is refused, and torch's global allow-list is left alone.
 * ``setup_cpu_distributed``: mmengine DDP through torchrun on machines without CUDA (gloo),
   see ``cpu_distributed``.
+
+``teardown_env`` is what the tools call once their work succeeded: it destroys the default
+process group, which mmengine never does. Left to interpreter teardown, gloo's worker threads
+can abort the process after a run that succeeded ("terminate called without an active
+exception", SIGABRT; pytorch/pytorch#179291), which fails a torchrun job.
 """
 import builtins
 import os.path as osp
@@ -69,3 +74,12 @@ def setup_env():
     """What ``tools/train.py`` and ``tools/test.py`` set up: both of the above."""
     setup_checkpoint_loading()
     setup_cpu_distributed()
+
+
+def teardown_env():
+    """Destroy the default process group, if any (``torch.distributed``'s documented shutdown).
+
+    Only after success: a rank that failed must not wait in a collective shutdown for ranks
+    that may never reach it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
