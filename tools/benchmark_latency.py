@@ -2,7 +2,8 @@
 
     python tools/benchmark_latency.py CONFIG [--device cuda] [--shape 800 1216] [--batch 1 8] \
         [--dtype fp16 fp32] [--rate 0.5] [--rates 0.1 0.3 ...] [--granularity 4 4 2 1] \
-        [--compile] [--detector] [--stream] [--no-backbone] [--profile-kernels] [--json OUT]
+        [--compile] [--detector] [--stream] [--test-images N] [--checkpoint CKPT] \
+        [--no-backbone] [--profile-kernels] [--json OUT]
 
 CONFIG is an mmdet config whose ``model.backbone`` is a LASResNet (random weights: latency does
 not depend on them). Every LAS mask is pinned at exactly ``--rate`` (seeded, kept on the
@@ -21,6 +22,12 @@ table called in turn (interleaved), synchronised on CUDA. For each ``--dtype`` x
 * ``--stream``: the detector at a fixed list of COCO-like padded sizes (keep-ratio 1333x800,
   pad 32; ``--stream-scale`` shrinks them), batch 1: the first (cold) call at each new size
   and the median of warm calls, dense vs LAS, after one call at another size warmed the process.
+* ``--test-images N``: the detector on the first N images of the config's test set, through
+  its pipeline and data preprocessor, one image a batch, as ``tools/test.py`` runs it, with the
+  masks the maskers decide (not pinned): whole ``predict()`` and the backbone alone, dense vs
+  LAS, the mean MACs ratio and detections per image. With ``--checkpoint`` (a trained
+  detector of this config: its weights for the detector tables) this is a real test run's
+  work; the backbone's share of the dense ``predict()`` bounds what any backbone can save.
 """
 import argparse
 import copy
@@ -65,6 +72,11 @@ def parse_args(argv=None):
     p.add_argument('--detector', action='store_true', help='time the whole predict()')
     p.add_argument('--stream', action='store_true',
                    help='the detector over COCO-like padded sizes: cold and warm calls')
+    p.add_argument('--test-images', type=int, metavar='N',
+                   help='the detector on the first N images of the config\'s test set, '
+                        'learned masks (batch 1)')
+    p.add_argument('--checkpoint', help='the detector\'s weights (a checkpoint of this config) '
+                   'for --detector, --stream and --test-images (else random weights)')
     p.add_argument('--stream-scale', type=float, default=1.0,
                    help='scale of the 1333x800 resize target of --stream (tests: 0.1)')
     p.add_argument('--profile-kernels', action='store_true',
@@ -118,8 +130,17 @@ def parse_args(argv=None):
         p.error('--compile needs --device cuda')
     if args.json:
         check_json_path(p, args.json)
-    if args.no_backbone and not (args.detector or args.stream):
-        p.error('--no-backbone leaves nothing to do (add --detector or --stream)')
+    if args.test_images is not None and args.test_images < 1:
+        p.error(f'--test-images must be >= 1, got {args.test_images}')
+    detector_tables = args.detector or args.stream or args.test_images
+    if args.checkpoint is not None:
+        if not osp.isfile(args.checkpoint):
+            p.error(f'--checkpoint {args.checkpoint!r} does not exist')
+        if not detector_tables:
+            p.error('--checkpoint applies to --detector, --stream and --test-images: add one')
+    if args.no_backbone and not detector_tables:
+        p.error('--no-backbone leaves nothing to do (add --detector, --stream or '
+                '--test-images)')
     args.warmup = args.warmup if args.warmup is not None else (10 if args.device == 'cuda' else 1)
     args.repeats = args.repeats if args.repeats is not None else (
         50 if args.device == 'cuda' else 3)
@@ -287,6 +308,33 @@ def bench_stream(args, bench, dtype_name):
     return res
 
 
+def bench_test_images(args, bench, batches, dtype_name):
+    from lasnet_mmdet.benchmark import time_interleaved
+    n = len(batches)
+    fns = {}
+    for name in ('dense', 'las'):
+        fns[name] = bench.images_fn(name, batches, dtype_name)
+        fns[f'{name}_backbone'] = bench.images_fn(name, batches, dtype_name, backbone_only=True)
+    ms = {k: v / n for k, v in
+          time_interleaved(fns, args.device, args.warmup, args.repeats).items()}
+    # What the timed calls did, image by image: detections, and the LAS backbone's MACs.
+    detections, macs_ratios = {'dense': 0, 'las': 0}, []
+    for inputs, samples in batches:
+        for name in ('dense', 'las'):
+            results = bench.images_fn(name, [(inputs, samples)], dtype_name)()
+            detections[name] += sum(len(r.pred_instances) for r in results)
+        stats = bench.las.las_stats
+        macs_ratios.append(float(stats['macs_dynamic'] / stats['macs_dense']))
+    share = ms['dense_backbone'] / ms['dense']
+    return dict(dtype=dtype_name, batch=1, images=n,
+                ms={'dense': ms['dense'], 'las': ms['las']}, ratio=ms['las'] / ms['dense'],
+                backbone_ms={'dense': ms['dense_backbone'], 'las': ms['las_backbone']},
+                backbone_ratio=ms['las_backbone'] / ms['dense_backbone'],
+                backbone_share=share, free_backbone_ratio=1 - share,
+                macs_ratio=sum(macs_ratios) / n,
+                detections_per_image={k: v / n for k, v in detections.items()})
+
+
 # --- the run -----------------------------------------------------------------------------------
 def run(args):
     if args.threads:
@@ -317,10 +365,13 @@ def run(args):
                                for d in args.dtype for b in args.batch]
         finally:
             torch.backends.cudnn.benchmark = saved
-    if args.detector or args.stream:
+    if args.detector or args.stream or args.test_images:
         from lasnet_mmdet.benchmark import DetectorBench
         torch.manual_seed(args.seed)
         bench = DetectorBench(cfg, bcfg, args.device)
+        if args.checkpoint:
+            bench.load_checkpoint(args.checkpoint)
+            res['checkpoint'] = args.checkpoint
         # The stream first: its sizes must be new to both detectors (the --detector tables at
         # --shape would warm the dense one at that size; LAS graphs go with pinned_masks).
         if args.stream:
@@ -328,6 +379,11 @@ def run(args):
         if args.detector:
             res['detector'] = [table(bench_detector, args, bench, d, b)
                                for d in args.dtype for b in args.batch]
+        if args.test_images:
+            from lasnet_mmdet.benchmark import dataset_batches
+            batches = dataset_batches(cfg, args.test_images, args.device)
+            res['test_images'] = [table(bench_test_images, args, bench, batches, d)
+                                  for d in args.dtype]
     return res
 
 
@@ -356,6 +412,18 @@ def print_tables(res):
               + ', '.join(f'{k} {v:.2f}' for k, v in r['ms'].items())
               + f" ms; LAS / dense {r['ratio']:.3f}"
               + (f" (LAS eager {r['ratio_eager']:.3f})" if 'ratio_eager' in r else ''))
+    for r in res.get('test_images', []):
+        if 'error' in r:
+            continue
+        print(f"test images ({r['images']}, {res.get('checkpoint', 'random weights')}) "
+              f"{r['dtype']} batch 1, per image: predict() dense {r['ms']['dense']:.2f} ms, "
+              f"LAS {r['ms']['las']:.2f} ms, LAS / dense {r['ratio']:.3f}")
+        d = r['detections_per_image']
+        print(f"  backbone dense {r['backbone_ms']['dense']:.2f} ms, LAS "
+              f"{r['backbone_ms']['las']:.2f} ms ({r['backbone_ratio']:.3f}; MACs ratio "
+              f"{r['macs_ratio']:.3f}); the dense backbone is {r['backbone_share']:.1%} of "
+              f"predict(): a free backbone would give {r['free_backbone_ratio']:.3f}; "
+              f"detections per image dense {d['dense']:.1f}, LAS {d['las']:.1f}")
     for r in res.get('stream', []):
         if 'error' in r:
             continue

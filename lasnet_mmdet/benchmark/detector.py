@@ -22,9 +22,19 @@ class DetectorBench:
         mcfg.pop('data_preprocessor', None)  # inputs are given already normalised and padded
         self.model = MODELS.build(mcfg).to(device)
         self.model.eval()
+        self.backbone_cfg = copy.deepcopy(backbone_cfg)
         self.las = self.model.backbone
         self.dense = dense_twin(backbone_cfg, self.las)
         self.device = torch.device(device)
+
+    def load_checkpoint(self, filename):
+        """The detector's weights from an mmdet checkpoint of this config (strict: every
+        weight must match); the dense twin takes the new backbone weights."""
+        from mmengine.runner import load_checkpoint
+        self.model.backbone = self.las
+        load_checkpoint(self.model, filename, map_location=self.device, strict=True,
+                        logger='silent')
+        self.dense = dense_twin(self.backbone_cfg, self.las)
 
     def samples(self, batch, h, w):
         from mmdet.structures import DetDataSample
@@ -44,4 +54,22 @@ class DetectorBench:
             with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype,
                                                  enabled=amp_dtype is not None):
                 return self.model.predict(x, copy.deepcopy(samples))
+        return fn
+
+    def images_fn(self, backbone, batches, dtype='fp32', backbone_only=False):
+        """``fn()``: ``predict()`` (or, ``backbone_only``, the backbone alone) of every
+        ``(inputs, data_samples)`` of ``batches`` in turn, with ``backbone`` ('dense' or
+        'las'), under autocast to ``dtype`` unless fp32; returns the last results."""
+        module = self.dense if backbone == 'dense' else self.las
+        amp_dtype = AUTOCAST_DTYPES[dtype]
+
+        def fn():
+            self.model.backbone = module
+            out = None
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype,
+                                                 enabled=amp_dtype is not None):
+                for inputs, samples in batches:
+                    out = module(inputs) if backbone_only else \
+                        self.model.predict(inputs, copy.deepcopy(samples))
+            return out
         return fn

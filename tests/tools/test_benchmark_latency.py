@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, as_cli, sample_data_options
 
 TOOL = 'tools/benchmark_latency.py'
 CONFIG = 'configs/lasnet_r101_fpn.py'
+DEMO = 'configs/demo/mask-rcnn_las-r50-4421_fpn_sample.py'
 
 
 def run_tool(*args, config=CONFIG):
@@ -46,6 +47,45 @@ def test_backbone_detector_and_stream(tmp_path):
     assert stream['warm_ratio'] == stream['warm_total_ms']['las'] / stream['warm_total_ms']['dense']
     assert 'fastest dense' in proc.stdout and 'predict()' in proc.stdout
     assert 'warm total' in proc.stdout
+
+
+def execute_everywhere_checkpoint(path):
+    """A checkpoint of the demo detector whose maskers execute every patch."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    import lasnet_mmdet  # noqa: F401
+    init_default_scope('mmdet')
+    model = MODELS.build(Config.fromfile(os.path.join(REPO, DEMO)).model)
+    with torch.no_grad():
+        for _, block in model.backbone.las_blocks():
+            block.masker.conv2.weight.zero_()
+            block.masker.conv2.bias.copy_(torch.tensor([1e4, -1e4]))  # execute >= skip
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
+
+
+def test_test_images_with_a_checkpoint(sample_coco, tmp_path):
+    ckpt, out = tmp_path / 'all_active.pth', tmp_path / 'bench.json'
+    execute_everywhere_checkpoint(ckpt)
+    options = sample_data_options(sample_coco)
+    options.update({'model.test_cfg.rpn.nms_pre': 50, 'model.test_cfg.rpn.max_per_img': 10})
+    proc = run_tool('--no-backbone', '--test-images', '2', '--checkpoint', str(ckpt),
+                    '--warmup', '0', '--repeats', '1', '--json', str(out),
+                    '--cfg-options', *as_cli(options), config=DEMO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    (t, ) = res['test_images']
+    assert res['checkpoint'] == str(ckpt) and t['images'] == 2 and t['batch'] == 1
+    assert set(t['ms']) == set(t['backbone_ms']) == {'dense', 'las'}
+    assert t['ratio'] == t['ms']['las'] / t['ms']['dense']
+    assert t['free_backbone_ratio'] == pytest.approx(
+        1 - t['backbone_ms']['dense'] / t['ms']['dense'])
+    # The checkpoint's maskers decided (every patch executes), not random weights or pins.
+    assert t['macs_ratio'] >= 1.0
+    assert 0 <= t['detections_per_image']['las'] <= 10 * 3  # 10 proposals x 3 classes
+    assert 'a free backbone would give' in proc.stdout
 
 
 def test_padded_test_sizes():
@@ -108,6 +148,11 @@ def parse(*args, config=CONFIG):
     (['--granularity', '4', '4', '2', '1', '1'], 'got [4, 4, 2, 1, 1]'),
     (['--granularity', '4', '4', '2', '0'], '--granularity values must be >= 1'),
     (['--json', '/proc/x.json'], '--json /proc/x.json: cannot write in /proc'),
+    (['--test-images', '0'], '--test-images must be >= 1, got 0'),
+    (['--detector', '--checkpoint', 'nope.pth'], "--checkpoint 'nope.pth' does not exist"),
+    (['--checkpoint', 'README.md'], '--checkpoint applies to --detector, --stream and '
+     '--test-images'),
+    (['--no-backbone'], '--no-backbone leaves nothing to do'),
 ])
 def test_bad_arguments_fail_at_once(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
