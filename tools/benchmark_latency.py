@@ -25,7 +25,7 @@ table called in turn (interleaved), synchronised on CUDA. For each ``--dtype`` x
 * ``--test-images N``: the detector on the first N images of the config's test set, through
   its pipeline and data preprocessor, one image a batch, as ``tools/test.py`` runs it, with the
   masks the maskers decide (not pinned): whole ``predict()`` and the backbone alone, dense vs
-  LAS, the mean MACs ratio and detections per image. With ``--checkpoint`` (a trained
+  LAS (and LAS dense-masked), the mean MACs ratio and detections per image. With ``--checkpoint`` (a trained
   detector of this config: its weights for the detector tables) this is a real test run's
   work; the backbone's share of the dense ``predict()`` bounds what any backbone can save.
 """
@@ -311,24 +311,27 @@ def bench_stream(args, bench, dtype_name):
 def bench_test_images(args, bench, batches, dtype_name):
     from lasnet_mmdet.benchmark import time_interleaved
     n = len(batches)
+    names = ('dense', 'las', 'las_masked')
     fns = {}
-    for name in ('dense', 'las'):
+    for name in names:
         fns[name] = bench.images_fn(name, batches, dtype_name)
         fns[f'{name}_backbone'] = bench.images_fn(name, batches, dtype_name, backbone_only=True)
     ms = {k: v / n for k, v in
           time_interleaved(fns, args.device, args.warmup, args.repeats).items()}
     # What the timed calls did, image by image: detections, and the LAS backbone's MACs.
-    detections, macs_ratios = {'dense': 0, 'las': 0}, []
+    detections, macs_ratios = dict.fromkeys(names, 0), []
     for inputs, samples in batches:
-        for name in ('dense', 'las'):
+        for name in names:
             results = bench.images_fn(name, [(inputs, samples)], dtype_name)()
             detections[name] += sum(len(r.pred_instances) for r in results)
-        stats = bench.las.las_stats
-        macs_ratios.append(float(stats['macs_dynamic'] / stats['macs_dense']))
+            if name == 'las':
+                stats = bench.las.las_stats
+                macs_ratios.append(float(stats['macs_dynamic'] / stats['macs_dense']))
     share = ms['dense_backbone'] / ms['dense']
     return dict(dtype=dtype_name, batch=1, images=n,
-                ms={'dense': ms['dense'], 'las': ms['las']}, ratio=ms['las'] / ms['dense'],
-                backbone_ms={'dense': ms['dense_backbone'], 'las': ms['las_backbone']},
+                ms={k: ms[k] for k in names}, ratio=ms['las'] / ms['dense'],
+                ratio_vs_masked=ms['las'] / ms['las_masked'],
+                backbone_ms={k: ms[f'{k}_backbone'] for k in names},
                 backbone_ratio=ms['las_backbone'] / ms['dense_backbone'],
                 backbone_share=share, free_backbone_ratio=1 - share,
                 macs_ratio=sum(macs_ratios) / n,
@@ -415,15 +418,18 @@ def print_tables(res):
     for r in res.get('test_images', []):
         if 'error' in r:
             continue
+        m, b = r['ms'], r['backbone_ms']
         print(f"test images ({r['images']}, {res.get('checkpoint', 'random weights')}) "
-              f"{r['dtype']} batch 1, per image: predict() dense {r['ms']['dense']:.2f} ms, "
-              f"LAS {r['ms']['las']:.2f} ms, LAS / dense {r['ratio']:.3f}")
+              f"{r['dtype']} batch 1, per image: predict() dense {m['dense']:.2f} ms, LAS "
+              f"{m['las']:.2f} ms, LAS dense-masked {m['las_masked']:.2f} ms; LAS / dense "
+              f"{r['ratio']:.3f}, LAS / dense-masked {r['ratio_vs_masked']:.3f}")
         d = r['detections_per_image']
-        print(f"  backbone dense {r['backbone_ms']['dense']:.2f} ms, LAS "
-              f"{r['backbone_ms']['las']:.2f} ms ({r['backbone_ratio']:.3f}; MACs ratio "
+        print(f"  backbone dense {b['dense']:.2f} ms, LAS {b['las']:.2f} ms, dense-masked "
+              f"{b['las_masked']:.2f} ms ({r['backbone_ratio']:.3f}; MACs ratio "
               f"{r['macs_ratio']:.3f}); the dense backbone is {r['backbone_share']:.1%} of "
               f"predict(): a free backbone would give {r['free_backbone_ratio']:.3f}; "
-              f"detections per image dense {d['dense']:.1f}, LAS {d['las']:.1f}")
+              f"detections per image dense {d['dense']:.1f}, LAS {d['las']:.1f}, dense-masked "
+              f"{d['las_masked']:.1f}")
     for r in res.get('stream', []):
         if 'error' in r:
             continue

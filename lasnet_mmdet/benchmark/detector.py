@@ -25,7 +25,22 @@ class DetectorBench:
         self.backbone_cfg = copy.deepcopy(backbone_cfg)
         self.las = self.model.backbone
         self.dense = dense_twin(backbone_cfg, self.las)
+        self._masked = None
         self.device = torch.device(device)
+
+    @property
+    def masked(self):
+        """The LAS backbone on its dense-masked path (``sparse_inference='off'``: every conv
+        dense, the masks applied after), built when first asked for."""
+        if self._masked is None:
+            self._masked = copy.deepcopy(self.las)
+            self._masked.sparse_inference = 'off'
+        return self._masked
+
+    def backbone(self, name):
+        """``'dense'`` (mmdet's ResNet), ``'las'`` or ``'las_masked'``."""
+        return {'dense': lambda: self.dense, 'las': lambda: self.las,
+                'las_masked': lambda: self.masked}[name]()
 
     def load_checkpoint(self, filename):
         """The detector's weights from an mmdet checkpoint of this config (strict: every
@@ -35,6 +50,7 @@ class DetectorBench:
         load_checkpoint(self.model, filename, map_location=self.device, strict=True,
                         logger='silent')
         self.dense = dense_twin(self.backbone_cfg, self.las)
+        self._masked = None
 
     def samples(self, batch, h, w):
         from mmdet.structures import DetDataSample
@@ -43,10 +59,10 @@ class DetectorBench:
         return [DetDataSample(metainfo=meta) for _ in range(batch)]
 
     def predict_fn(self, backbone, x, dtype='fp32'):
-        """``fn()``: ``model.predict(x, samples)`` with ``backbone`` ('dense' or 'las'), under
-        autocast to ``dtype`` unless fp32."""
+        """``fn()``: ``model.predict(x, samples)`` with ``backbone`` (see ``backbone()``),
+        under autocast to ``dtype`` unless fp32."""
         samples = self.samples(x.shape[0], *x.shape[-2:])
-        module = self.dense if backbone == 'dense' else self.las
+        module = self.backbone(backbone)
         amp_dtype = AUTOCAST_DTYPES[dtype]
 
         def fn():
@@ -58,9 +74,9 @@ class DetectorBench:
 
     def images_fn(self, backbone, batches, dtype='fp32', backbone_only=False):
         """``fn()``: ``predict()`` (or, ``backbone_only``, the backbone alone) of every
-        ``(inputs, data_samples)`` of ``batches`` in turn, with ``backbone`` ('dense' or
-        'las'), under autocast to ``dtype`` unless fp32; returns the last results."""
-        module = self.dense if backbone == 'dense' else self.las
+        ``(inputs, data_samples)`` of ``batches`` in turn, with ``backbone`` (see
+        ``backbone()``), under autocast to ``dtype`` unless fp32; returns the last results."""
+        module = self.backbone(backbone)
         amp_dtype = AUTOCAST_DTYPES[dtype]
 
         def fn():

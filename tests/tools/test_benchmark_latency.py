@@ -78,13 +78,16 @@ def test_test_images_with_a_checkpoint(sample_coco, tmp_path):
     res = json.loads(out.read_text())
     (t, ) = res['test_images']
     assert res['checkpoint'] == str(ckpt) and t['images'] == 2 and t['batch'] == 1
-    assert set(t['ms']) == set(t['backbone_ms']) == {'dense', 'las'}
+    assert set(t['ms']) == set(t['backbone_ms']) == {'dense', 'las', 'las_masked'}
     assert t['ratio'] == t['ms']['las'] / t['ms']['dense']
+    assert t['ratio_vs_masked'] == t['ms']['las'] / t['ms']['las_masked']
     assert t['free_backbone_ratio'] == pytest.approx(
         1 - t['backbone_ms']['dense'] / t['ms']['dense'])
     # The checkpoint's maskers decided (every patch executes), not random weights or pins.
     assert t['macs_ratio'] >= 1.0
-    assert 0 <= t['detections_per_image']['las'] <= 10 * 3  # 10 proposals x 3 classes
+    d = t['detections_per_image']
+    assert 0 <= d['las'] <= 10 * 3  # 10 proposals x 3 classes
+    assert d['las'] == d['las_masked']  # the sparse path computes the dense-masked outputs
     assert 'a free backbone would give' in proc.stdout
 
 
