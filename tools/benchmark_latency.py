@@ -391,8 +391,12 @@ def run(args):
 
 
 def print_tables(res):
-    print(f"{res['device']} | {res['shape'][0]}x{res['shape'][1]} | S "
-          f"{'-'.join(map(str, res['granularity']))} | rate {res['rate']} | {res['config']}")
+    # --shape and --rate describe the tables on generated input (the test images have their
+    # own sizes and learned masks).
+    pinned = any(key in res for key in ('backbone', 'detector', 'stream'))
+    print(f"{res['device']} | "
+          + (f"{res['shape'][0]}x{res['shape'][1]} | rate {res['rate']} | " if pinned else '')
+          + f"S {'-'.join(map(str, res['granularity']))} | {res['config']}")
     for r in res.get('backbone', []):
         if 'error' in r:
             continue
