@@ -25,9 +25,10 @@ table called in turn (interleaved), synchronised on CUDA. For each ``--dtype`` x
 * ``--test-images N``: the detector on the first N images of the config's test set, through
   its pipeline and data preprocessor, one image a batch, as ``tools/test.py`` runs it, with the
   masks the maskers decide (not pinned): whole ``predict()`` and the backbone alone, dense vs
-  LAS (and LAS dense-masked), the mean MACs ratio and detections per image. With ``--checkpoint`` (a trained
-  detector of this config: its weights for the detector tables) this is a real test run's
-  work; the backbone's share of the dense ``predict()`` bounds what any backbone can save.
+  LAS (and LAS dense-masked), the mean MACs ratio and detections per image. With
+  ``--checkpoint`` (a trained detector of this config: its weights for the detector tables)
+  this is a real test run's work; the backbone's share of the dense ``predict()`` bounds what
+  any backbone can save.
 """
 import argparse
 import copy

@@ -91,6 +91,17 @@ def test_test_images_with_a_checkpoint(sample_coco, tmp_path):
     assert 'a free backbone would give' in proc.stdout
 
 
+def test_test_images_beyond_the_test_set_are_refused(sample_coco):
+    from mmengine.config import Config
+
+    from lasnet_mmdet.benchmark import dataset_batches
+    cfg = Config.fromfile(os.path.join(REPO, DEMO))
+    cfg.merge_from_dict(sample_data_options(sample_coco))  # 4 val images
+    assert len(dataset_batches(cfg, 1, 'cpu')) == 1
+    with pytest.raises(ValueError, match='the test set has 4 images, fewer than the 5'):
+        dataset_batches(cfg, 5, 'cpu')
+
+
 def test_padded_test_sizes():
     from lasnet_mmdet.benchmark import padded_test_sizes
     sizes = padded_test_sizes()
