@@ -39,8 +39,9 @@ class DetectorBench:
 
     def backbone(self, name):
         """``'dense'`` (mmdet's ResNet), ``'las'`` or ``'las_masked'``."""
-        return {'dense': lambda: self.dense, 'las': lambda: self.las,
-                'las_masked': lambda: self.masked}[name]()
+        if name == 'las_masked':
+            return self.masked  # built on first use
+        return {'dense': self.dense, 'las': self.las}[name]
 
     def load_checkpoint(self, filename):
         """The detector's weights from an mmdet checkpoint of this config (strict: every
