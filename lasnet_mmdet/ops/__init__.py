@@ -10,6 +10,10 @@ import ``lasnet_mmdet.models``: the block decides which backend runs and when to
 * ``'triton'``: fused Triton kernels (``triton/``), CUDA tensors (or CPU tensors under
   ``TRITON_INTERPRET=1``), fp16 / bf16 / fp32, no host synchronisation.
 
+``sparse_bottleneck_with_masker`` (Triton only) takes the block's masker instead of its mask:
+the masker decides in the launch that runs conv1 (``triton/conv1_masker.py``), for pooling
+windows (stride x S) in ``FUSED_MASKER_WINDOWS``.
+
 ``resolve_backend`` turns a user's choice ('auto', 'torch', 'triton') into one of those for a
 device, once; ``triton_available`` says whether the Triton kernels can run at all.
 """
@@ -29,10 +33,14 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # forward: ``compact_rows`` (its counters come zeroed, one memset for all blocks:
 # ``counters``); the latency predictor reads it. Kept here: importing it must not need triton.
 TRITON_INDEX_OPS = 1
+# Masker windows (stride x S pixels) that ``sparse_bottleneck_with_masker`` takes: whole
+# windows tile a GEMM's rows (64 at most, powers of two).
+FUSED_MASKER_WINDOWS = (1, 2, 4, 8)
 
-__all__ = ['BACKENDS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS', 'FoldedBottleneck',
-           'fold_bottleneck', 'fold_conv', 'is_foldable_downsample', 'resolve_backend',
-           'sparse_bottleneck', 'triton_available', 'triton_interpreting', 'weight_layout']
+__all__ = ['BACKENDS', 'FUSED_MASKER_WINDOWS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS',
+           'FoldedBottleneck', 'fold_bottleneck', 'fold_conv', 'is_foldable_downsample',
+           'resolve_backend', 'sparse_bottleneck', 'sparse_bottleneck_with_masker',
+           'triton_available', 'triton_interpreting', 'weight_layout']
 
 
 def triton_available():
@@ -110,3 +118,41 @@ def sparse_bottleneck(x, coarse, weights, granularity, stride, backend='torch',
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     return triton_forward(x, coarse, weights, granularity, stride, ieee=ieee,
                           in_place=reuse_output)
+
+
+def sparse_bottleneck_with_masker(x, masker_columns, masker_bias, weights, granularity, stride,
+                                  reuse_output=False, pin=None, run_masker=True):
+    """``(output, coarse mask)`` of a LAS bottleneck in eval: its masker's decision
+    (``execute >= skip`` on the pooled input) and the block on the active patches, Triton
+    backend, the masker and conv1 in one launch.
+
+    Args:
+        x (Tensor): Block input ``(B, C_in, H, W)``, fp16 / bf16 / fp32, CUDA (or CPU under
+            ``TRITON_INTERPRET=1``).
+        masker_columns (Tensor): The masker's 1x1 conv weight as ``(C_in, 16)`` in x's dtype,
+            columns past 2 zero (``ops.triton.conv1_masker.masker_columns``; cache it).
+        masker_bias (Tensor): Its ``(2, )`` bias.
+        weights (FoldedBottleneck): As ``sparse_bottleneck`` (Triton layout).
+        granularity (int), stride (int): S and the block's stride; ``stride * granularity``
+            must be one of ``FUSED_MASKER_WINDOWS``.
+        reuse_output (bool): As ``sparse_bottleneck``'s Triton case.
+        pin (Tensor | None): A coarse mask that replaces the decision (benchmarks).
+        run_masker (bool): With ``pin``, still compute the logits (their cost is real).
+    """
+    window = stride * granularity
+    if window not in FUSED_MASKER_WINDOWS:
+        raise ValueError(f'the fused masker takes windows (stride x S) {FUSED_MASKER_WINDOWS}, '
+                         f'got {stride} x {granularity}')
+    grid = coarse_shape(x.shape[0], x.shape[2], x.shape[3], stride, granularity)
+    _check_inputs(x, x.new_empty(grid), weights, granularity, stride, 'triton')
+    if tuple(masker_columns.shape) != (x.shape[1], 16) or masker_columns.dtype != x.dtype:
+        raise ValueError(f'masker_columns must be ({x.shape[1]}, 16) {x.dtype}, got '
+                         f'{tuple(masker_columns.shape)} {masker_columns.dtype}')
+    if pin is not None and (tuple(pin.shape) != grid or pin.device != x.device):
+        raise ValueError(f'pinned mask must be {grid} on {x.device}, got {tuple(pin.shape)} '
+                         f'on {pin.device}')
+    from .triton import triton_forward_with_masker
+    ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    return triton_forward_with_masker(x, masker_columns, masker_bias, weights, granularity,
+                                      stride, ieee=ieee, in_place=reuse_output, pin=pin,
+                                      decide=pin is None or run_masker)

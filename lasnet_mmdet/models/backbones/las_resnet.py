@@ -28,8 +28,9 @@ from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
-from ...ops import (TRITON_DTYPES, fold_bottleneck, fold_conv, is_foldable_downsample,
-                    resolve_backend, sparse_bottleneck, weight_layout)
+from ...ops import (FUSED_MASKER_WINDOWS, TRITON_DTYPES, fold_bottleneck, fold_conv,
+                    is_foldable_downsample, resolve_backend, sparse_bottleneck,
+                    sparse_bottleneck_with_masker, weight_layout)
 from ...ops.counters import counters_for
 from ...ops.cuda_graph import CUDAGraphCache
 from ...ops.geometry import coarse_shape, conv_out, dilate_mask, upsample_mask
@@ -133,6 +134,23 @@ class LASBottleneck(Bottleneck):
                 self.downsample, dtype, weight_layout(backend, dtype))
         return self._folded[key]
 
+    def masker_columns(self, dtype):
+        """The masker's weight as the fused Triton launch takes it (cached)."""
+        key = ('masker', dtype)
+        if key not in self._folded:
+            from ...ops.triton import masker_columns
+            self._folded[key] = masker_columns(self.masker.conv2.weight.detach(), dtype)
+        return self._folded[key]
+
+    def _fuses_masker(self):
+        """Whether this Triton call runs the masker inside conv1's launch: its window fits
+        and nothing can tell the masker module was not called (no hook, eval mode)."""
+        masker = self.masker
+        return (self.stride * self.granularity in FUSED_MASKER_WINDOWS and not masker.training
+                and not (_global_forward_hooks or _global_forward_pre_hooks)
+                and not any(m._forward_hooks or m._forward_pre_hooks
+                            for m in (masker, masker.conv2)))
+
     def sparse_backend(self, x):
         """'torch' / 'triton' when this call runs sparse, None when it runs dense-masked; the
         masker's fused Triton decision is on exactly when this call runs Triton."""
@@ -172,11 +190,28 @@ class LASBottleneck(Bottleneck):
     # --- forward ----------------------------------------------------------------------------
     def forward(self, x):
         backend = self.sparse_backend(x)
+        if backend == 'triton' and self._fuses_masker():
+            out, coarse = self._run_fused(x)
+            self._mask_record, self._stats = (coarse, tuple(x.shape[-2:])), None
+            return out
         out_h, out_w = conv_out(x.shape[-2], self.stride), conv_out(x.shape[-1], self.stride)
         # Sampled once, outside the checkpointed function: recomputation must not redraw noise.
         coarse = self.masker(x, out_h, out_w, self.tau, self.gumbel_noise)
         self._mask_record, self._stats = (coarse, tuple(x.shape[-2:])), None
         return self._run(x, coarse, backend)
+
+    def _run_fused(self, x):
+        """``(output, coarse mask)``: the masker decides in conv1's Triton launch (or a pinned
+        mask replaces its decision, as ``Masker.forward`` does)."""
+        pin, run_masker = None, True
+        if self.masker.pin is not None:
+            shape = coarse_shape(x.shape[0], *x.shape[-2:], self.stride, self.granularity)
+            pin = self.masker.pin(shape, x.device, x.dtype)
+            run_masker = self.masker.pin.run_masker
+        return sparse_bottleneck_with_masker(
+            x, self.masker_columns(x.dtype), self.masker.conv2.bias.detach(),
+            self.folded_weights(x.dtype, 'triton'), self.granularity, self.stride,
+            reuse_output=self.reuse_output, pin=pin, run_masker=run_masker)
 
     def forward_coarse(self, x, coarse):
         """The block's output on ``x`` under a given coarse mask (the masker is not run)."""

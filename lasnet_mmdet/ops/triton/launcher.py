@@ -1,8 +1,19 @@
 """A LAS bottleneck on the active patches with the Triton kernels, no host synchronisation.
 
+Given a coarse mask (``triton_forward``):
+
     compact_rows        coarse mask -> needed conv1 rows, active output rows (+ counts, zeroed
                         once per forward for every block: ``ops.counters``)
     rows_gemm (conv1)   gather needed input rows, GEMM, BN bias, ReLU -> conv1 map rows
+
+With the block's masker (``triton_forward_with_masker``), those two and the masker are one
+launch, which reads the input once for all three:
+
+    conv1_masker        conv1 on every pixel -> conv1 map; the masker's decision -> coarse
+                        mask and the output row list (``conv1_masker``)
+
+Then, either way:
+
     conv3x3_rows        gather the 9 taps of active rows from the conv1 map -> compact rows
     residual            identity, or the downsample conv (cuDNN, no bias: its folded BN is
                         added by conv3's launch, a pass over the residual fewer)
@@ -14,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ..counters import zeroed_counters
-from ..geometry import conv_out
+from ..geometry import coarse_shape, conv_out
 from .compact import compact_rows
+from .conv1_masker import conv1_masker
 from .gemm import conv3x3_rows, rows_gemm
 
 
@@ -43,13 +55,42 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False, in_place
     mid = x.new_empty(in_rows, mid_c)  # rows outside the needed list are never read
     rows_gemm(x, w1, f.b1, mid, needed, counts[0:], in_rows, gather_a=True,
               scatter_out=True, ieee=ieee)
-    y2 = x.new_empty(out_rows, mid_c)
-    conv3x3_rows(mid, w2, f.b2, y2, active, counts[1:], out_rows, (in_h, in_w),
-                 (out_h, out_w), stride, ieee=ieee)
+    return _conv2_conv3(x, mid, active, counts[1:], f, w2, w3, stride, ieee, in_place)
+
+
+def triton_forward_with_masker(x, masker_columns, masker_bias, weights, granularity, stride,
+                               ieee=False, in_place=False, pin=None, decide=True):
+    """``(output, coarse mask)`` of a LAS bottleneck whose masker (``masker_columns``: its
+    weight as ``conv1_masker.masker_columns`` in x's dtype, ``masker_bias``) decides in the
+    conv1 launch; ``pin``/``decide`` as ``conv1_masker``; the rest as ``triton_forward``."""
+    batch, _, in_h, in_w = x.shape
+    out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
+    f = weights
+    w1, w2, w3 = (w if f.layout == 'kn' else w.t() for w in (f.w1, f.w2, f.w3))
+    x = x.contiguous(memory_format=torch.channels_last)
+    counts = zeroed_counters(3, x.device)  # (unused), active, inactive rows
+    active = torch.empty(batch * out_h * out_w, dtype=torch.int32, device=x.device)
+    coarse = x.new_empty(coarse_shape(batch, in_h, in_w, stride, granularity))
+    mid = x.new_empty(batch * in_h * in_w, w1.shape[1])
+    conv1_masker(x, w1, f.b1, mid, masker_columns, masker_bias, coarse, active, counts[1:],
+                 stride * granularity, granularity, (out_h, out_w), pin=pin, decide=decide,
+                 ieee=ieee)
+    return _conv2_conv3(x, mid, active, counts[1:], f, w2, w3, stride, ieee, in_place), coarse
+
+
+def _conv2_conv3(x, mid, active, count, f, w2, w3, stride, ieee, in_place):
+    """conv2 on the active rows of the conv1 map ``mid``, conv3 + residual + ReLU into the
+    block output (``active``: every output row, the first ``count[0]`` active)."""
+    batch, _, in_h, in_w = x.shape
+    out_h, out_w = conv_out(in_h, stride), conv_out(in_w, stride)
+    out_rows = batch * out_h * out_w
+    y2 = x.new_empty(out_rows, mid.shape[1])
+    conv3x3_rows(mid, w2, f.b2, y2, active, count, out_rows, (in_h, in_w), (out_h, out_w),
+                 stride, ieee=ieee)
     if f.ds_weight is None and in_place:
         # Each active row reads its residual and writes its output at the same place; the
         # other rows already hold ReLU(x) = x: half the block output's traffic at r = 0.5.
-        rows_gemm(y2, w3, f.b3, x, active, counts[1:], out_rows, gather_a=False,
+        rows_gemm(y2, w3, f.b3, x, active, count, out_rows, gather_a=False,
                   scatter_out=True, res=x, ieee=ieee)
         return x
     if f.ds_weight is None:
@@ -58,6 +99,6 @@ def triton_forward(x, coarse, weights, granularity, stride, ieee=False, in_place
         res = F.conv2d(x, f.ds_weight, None, f.ds_stride).contiguous(
             memory_format=torch.channels_last)
     out = torch.empty_like(res, memory_format=torch.channels_last)
-    rows_gemm(y2, w3, f.b3, out, active, counts[1:], out_rows, gather_a=False,
+    rows_gemm(y2, w3, f.b3, out, active, count, out_rows, gather_a=False,
               scatter_out=True, res=res, res_bias=f.ds_bias, relu_rest=True, ieee=ieee)
     return out
