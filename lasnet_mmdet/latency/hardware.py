@@ -34,15 +34,17 @@ DTYPE_BYTES = {'fp32': 4, 'fp16': 2, 'bf16': 2}
 #                 max-pool is not bandwidth-bound), relative to streaming
 #   blas:         speed of the BLAS GEMMs that the PyTorch backend runs below
 #                 ``ONEDNN_MIN_ROWS`` rows on a CPU, relative to its oneDNN ones (``compute``)
-#   vendor:       speed of the dense convs (cuDNN's, or those ``torch.compile`` picks) on a
-#                 GPU, relative to the project's Triton kernels (``compute``): another family
-#                 of kernels, another efficiency curve
+#   vendor:       speed of the dense convs of mmdet's eager network (cuDNN's) on a GPU,
+#                 relative to the project's Triton kernels (``compute``): another family of
+#                 kernels, another efficiency curve
+#   compiled:     speed of the convs of the deployed dense network on a GPU (the ones
+#                 ``torch.compile`` max-autotune picks per layer), relative to ``compute``
 DEFAULT_EFFICIENCY = dict(compute=0.6, memory=0.8, gather=0.5, small_dim=0.0, launch_us=5.0,
-                          layout=0.5, alloc=0.2, pool=1.0, blas=1.0, vendor=1.0)
+                          layout=0.5, alloc=0.2, pool=1.0, blas=1.0, vendor=1.0, compiled=1.0)
 EFFICIENCY_BOUNDS = dict(compute=(1e-3, 1.0), memory=(1e-3, 1.0), gather=(1e-3, 1.0),
                          small_dim=(0.0, 4096.0), launch_us=(0.0, 1e4), layout=(1e-3, 1.0),
                          alloc=(1e-3, 1.0), pool=(1e-3, 1.0), blas=(0.05, 4.0),
-                         vendor=(0.05, 4.0))
+                         vendor=(0.05, 4.0), compiled=(0.05, 4.0))
 
 
 class ProfileError(ValueError):

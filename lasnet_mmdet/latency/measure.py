@@ -34,8 +34,11 @@ COMPILE_MODE = 'max-autotune-no-cudagraphs'
 
 
 def deployed(fn):
-    """``fn`` as the deployed dense network runs it (see ``COMPILE_DEPLOYED``)."""
-    return torch.compile(fn, mode=COMPILE_MODE) if COMPILE_DEPLOYED else fn
+    """``fn`` as the deployed dense network runs it (see ``COMPILE_DEPLOYED``). Compiled for
+    static shapes: calibration compiles the same function for one block per stage, and
+    Dynamo's automatic dynamic shapes would compile every block after the first with symbolic
+    height and width, not as the deployed network's static compile runs it."""
+    return torch.compile(fn, mode=COMPILE_MODE, dynamic=False) if COMPILE_DEPLOYED else fn
 
 
 @torch.no_grad()

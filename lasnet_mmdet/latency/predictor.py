@@ -139,7 +139,8 @@ class Kernel:
     launches: int = 1           # ops it stands for (each pays the launch cost)
     blas: bool = False          # CPU: a BLAS GEMM (efficiency ``blas`` x ``compute``)
     tile_rows: int = 0          # GPU: the rows the tile is picked for, if not M (see _gemm)
-    vendor: bool = False        # GPU: a dense cuDNN / compiled conv (``vendor`` x ``compute``)
+    vendor: bool = False        # GPU: a dense cuDNN conv (``vendor`` x ``compute``)
+    compiled: bool = False      # GPU: a conv of the compiled dense network (``compiled``)
 
     @property
     def is_gemm(self):
@@ -166,7 +167,9 @@ def _gemm_compute_s(kernel, profile, dtype):
         return 2.0 * M * N * K / (peak * _shape_efficiency(profile, (M, N, K)))
     # On a GPU, M and N enter through the (padded) tiles; a short K still costs pipeline
     # fill per tile.
-    if kernel.vendor:
+    if kernel.compiled:
+        peak *= profile.efficiency['compiled']
+    elif kernel.vendor:
         peak *= profile.efficiency['vendor']
     per_sm = peak * _shape_efficiency(profile, (K, )) / profile.sms
     onchip = profile.onchip_gbps * 1e9
@@ -233,15 +236,18 @@ def _fresh(nbytes):
     return nbytes if nbytes > MMAP_THRESHOLD else 0.0
 
 
-def _conv(name, M, N, K, in_elems, out_elems, b, nchw=True, fresh=True, vendor=True):
+def _conv(name, M, N, K, in_elems, out_elems, b, nchw=True, fresh=True, vendor=True,
+          compiled=False):
     """A dense conv as a GEMM kernel (streamed input, weights, output); on NCHW tensors it
     also converts its input and output to and from the library's preferred layout (oneDNN's
     blocked one on CPUs, NHWC for half-precision tensor cores). ``fresh``: the output is a
-    new tensor (not a reused buffer). ``vendor``: on a GPU it runs at the dense networks'
-    conv efficiency (``vendor``, see ``hardware``)."""
+    new tensor (not a reused buffer). ``vendor``: on a GPU it runs at the eager dense
+    network's conv efficiency (``vendor``, see ``hardware``); ``compiled``: at the compiled
+    deployed network's (``compiled``)."""
     layout = 2 * (in_elems + out_elems) * b if nchw else 0.0
     return Kernel(name, M, N, K, bytes=(in_elems + out_elems + N * K) * b, layout_bytes=layout,
-                  alloc_bytes=_fresh(out_elems * b) if fresh else 0.0, vendor=vendor)
+                  alloc_bytes=_fresh(out_elems * b) if fresh else 0.0, vendor=vendor,
+                  compiled=compiled)
 
 
 def _eltwise(name, elems, b, passes=2, fresh=False):
@@ -253,8 +259,8 @@ def _eltwise(name, elems, b, passes=2, fresh=False):
 def static_kernels(shape, dtype='fp32', bn_folded=False, deployed=False):
     """Kernels of a dense Bottleneck: mmdet's in eager mode (conv, BN, ReLU as separate ops on
     NCHW tensors), or with ``deployed`` the best dense network a practitioner would run
-    (channels-last, BN folded, bias + ReLU and the residual add + ReLU in the conv epilogues,
-    as ``torch.compile`` does)."""
+    (channels-last, BN folded, bias + ReLU and the residual add + ReLU in the conv epilogues;
+    on a GPU the deployed network is the compiled one: ``compiled_static_kernels``)."""
     b = DTYPE_BYTES[dtype]
     B, cin, mid, cout = shape.batch, shape.in_channels, shape.planes, shape.out_channels
     px1 = B * shape.in_h * shape.in_w
@@ -284,6 +290,33 @@ def static_kernels(shape, dtype='fp32', bn_folded=False, deployed=False):
         conv_bn('downsample', px2, cout, cin, px2 * cin, relu=False)
     ks.append(_eltwise('add', px2 * cout, b, passes=3))
     ks.append(_eltwise('relu', px2 * cout, b))
+    return ks
+
+
+def compiled_static_kernels(shape, dtype='fp16'):
+    """Kernels of the deployed dense bottleneck as ``torch.compile`` (Inductor, max-autotune)
+    runs it on a GPU: each conv a library kernel (cuDNN, or cuBLAS for the 1x1 convs Inductor
+    lowers to ``addmm``; taken to win the autotuning over Inductor's Triton templates, which
+    would fuse their epilogue), at the ``compiled`` efficiency. A library kernel takes no
+    epilogue (Inductor peels the bias off cuDNN's convs), so each conv is followed by one
+    fused Triton pass: bias + ReLU after conv1 and conv2; after conv3 its bias, the residual
+    (or the downsample's output) and the ReLU."""
+    b = DTYPE_BYTES[dtype]
+    B, cin, mid, cout = shape.batch, shape.in_channels, shape.planes, shape.out_channels
+    px1 = B * shape.in_h * shape.in_w
+    out_h, out_w = shape.out_hw
+    px2 = B * out_h * out_w
+    ks = [_conv('conv1', px1, mid, cin, px1 * cin, px1 * mid, b, nchw=False, compiled=True),
+          _eltwise('conv1.bias_relu', px1 * mid, b),
+          _conv('conv2', px2, mid, 9 * mid, px1 * mid, px2 * mid, b, nchw=False, compiled=True),
+          _eltwise('conv2.bias_relu', px2 * mid, b)]
+    if shape.downsample:
+        ks.append(_conv('downsample', px2, cout, cin, px2 * cin, px2 * cout, b, nchw=False,
+                        compiled=True))
+    ks.append(_conv('conv3', px2, cout, mid, px2 * mid, px2 * cout, b, nchw=False,
+                    compiled=True))
+    # reads conv3's output and the residual, writes the block's output
+    ks.append(_eltwise('conv3.bias_add_relu', px2 * cout, b, passes=3))
     return ks
 
 
@@ -492,10 +525,14 @@ def stem_kernels(in_h, in_w, batch=1, dtype='fp32', in_channels=3, stem_channels
 
 def predict_static_block(shape, profile, dtype=None, bn_folded=False, deployed=False):
     """Seconds of a dense bottleneck (``deployed``: the best dense schedule, see
-    ``static_kernels``)."""
+    ``static_kernels``; on a GPU the ``torch.compile``d network, on a CPU the eager one)."""
     profile = load_profile(profile)
     dtype = dtype or profile.dtype
-    return kernels_time(static_kernels(shape, dtype, bn_folded, deployed), profile, dtype)
+    if deployed and profile.kind == 'gpu':
+        kernels = compiled_static_kernels(shape, dtype)
+    else:
+        kernels = static_kernels(shape, dtype, bn_folded, deployed)
+    return kernels_time(kernels, profile, dtype)
 
 
 def predict_las_block(shape, granularity, rate, profile, schedule=None, dtype=None, exact=True):

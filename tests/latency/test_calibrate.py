@@ -2,14 +2,16 @@ import json
 import os.path as osp
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
 from lasnet_mmdet.latency.calibrate import (Benchmark, calibrate, fit_benchmarks,
-                                            fit_efficiency)
+                                            fit_efficiency, kernels_for, load_measurements,
+                                            save_measurements)
 from lasnet_mmdet.latency.hardware import PRESETS, load_profile
 from lasnet_mmdet.latency.predictor import (BlockShape, Kernel, kernels_time, las_kernels,
-                                            static_kernels)
+                                            predict_static_block, static_kernels)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -61,6 +63,76 @@ def test_gpu_fits_the_deployed_block_only_when_compiled():
     compiled = Benchmark('compiled', kernels, 1e-4, {'op': 'deployed_block', 'compiled': True})
     assert fit_benchmarks(PRESETS['h100'], [eager, compiled]) == [compiled]
     assert fit_benchmarks(load_profile('cpu-2t'), [eager, compiled]) == [eager, compiled]
+
+
+def test_deployed_blocks_compile_for_static_shapes(monkeypatch):
+    # One block per stage goes through the same compiled function: each must be compiled for
+    # its own shape, as the deployed network is, not with the symbolic height and width that
+    # Dynamo's automatic dynamic shapes give every recompile after the first.
+    import torch
+    from lasnet_mmdet.latency import measure
+    symbolic, real = [], torch.compile
+
+    def record(gm, example_inputs):
+        symbolic.append(any(isinstance(x, torch.SymInt) for x in example_inputs))
+        return gm.forward
+
+    def spy(fn, mode=None, **kwargs):  # the deployed compile's arguments, a recording backend
+        return real(fn, backend=record, **kwargs)
+    monkeypatch.setattr(torch, 'compile', spy)
+    monkeypatch.setattr(measure, 'COMPILE_DEPLOYED', True)
+    try:
+        for stage in (2, 3):
+            measure.measure_deployed_block(measure.stage_block_shape(stage, 64, 64), 'cpu',
+                                           'fp32', warmup=1, repeats=1)
+    finally:
+        torch._dynamo.reset()
+    assert symbolic == [False, False]
+
+
+def test_compiled_deployed_benchmark_has_the_predictors_kernels(tmp_path):
+    # Calibration times the deployed block compiled on a GPU: its kernels are those the
+    # predictor sums for the deployed reference there, also when refitted from saved
+    # measurements; on a CPU (eager deployed network) the eager folded block's.
+    shape = BlockShape(1024, 256, 50, 76)
+    spec = {'op': 'deployed_block', 'shape': asdict(shape), 'compiled': True}
+    h100 = PRESETS['h100']
+    gpu = kernels_for(spec, 'fp16', None, 'gpu')
+    assert kernels_time(gpu, h100) == pytest.approx(predict_static_block(shape, h100,
+                                                                         deployed=True))
+    assert kernels_for(spec, 'fp32', None, 'cpu') == static_kernels(shape, 'fp32', deployed=True)
+    path = tmp_path / 'measurements.json'
+    save_measurements(path, [Benchmark('deployed', gpu, 1e-4, spec)], h100)
+    assert load_measurements(path, 'fp16', 'rows')[0].kernels == gpu
+
+
+def test_compiled_deployed_blocks_are_fitted_on_their_own():
+    # The compiled blocks set ``compiled`` alone, weighted as ResNet-101 counts its blocks: a
+    # stage-1 block the model cannot describe (2x slower) leaves the other efficiencies as
+    # they are without the deployed blocks, and stage 3 (23 blocks) fitted closely.
+    truth = PRESETS['h100'].with_efficiency(compute=0.3, memory=0.6, gather=0.2, launch_us=7.0,
+                                            vendor=0.4, compiled=0.5)
+    shapes = [BlockShape(256, 64, 200, 304), BlockShape(512, 128, 100, 152),
+              BlockShape(1024, 256, 50, 76), BlockShape(2048, 512, 25, 38)]
+    kernel_sets = [[Kernel('tiny', bytes=8)], [Kernel('copy', bytes=2**28)]]
+    for shape in shapes:
+        kernel_sets.append(static_kernels(shape, 'fp16'))
+        kernel_sets += [las_kernels(shape, S, r, 'fused', 'fp16') for S in (1, 8)
+                        for r in (0.2, 0.7)]
+    rest = [Benchmark(str(i), ks, kernels_time(ks, truth)) for i, ks in enumerate(kernel_sets)]
+    deployed = []
+    for stage, shape in enumerate(shapes):
+        spec = {'op': 'deployed_block', 'shape': asdict(shape), 'compiled': True}
+        kernels = kernels_for(spec, 'fp16', None, 'gpu')
+        slower = 2.0 if stage == 0 else 1.0
+        deployed.append(Benchmark(f'deployed {stage}', kernels,
+                                  slower * kernels_time(kernels, truth), spec))
+    alone, _ = fit_efficiency(PRESETS['h100'], rest)
+    fitted, _ = fit_efficiency(PRESETS['h100'], rest + deployed)
+    assert {k: v for k, v in fitted.efficiency.items() if k != 'compiled'} == {
+        k: v for k, v in alone.efficiency.items() if k != 'compiled'}
+    stage3 = deployed[2]
+    assert kernels_time(stage3.kernels, fitted) == pytest.approx(stage3.measured_s, rel=0.05)
 
 
 @pytest.mark.parametrize('tool, reuse', [('calibrate_latency.py', '--from-measurements'),

@@ -91,6 +91,33 @@ def test_rows_schedule_runs_the_stem_epilogue_in_one_pass():
     assert rows['stem'] < torch_['stem']
 
 
+def test_deployed_block_on_a_gpu_is_the_compiled_network():
+    """On a GPU the deployed dense block is what torch.compile runs: library convs at the
+    ``compiled`` efficiency, each followed by one fused pass for its epilogue (Inductor peels
+    the bias off cuDNN's convs); on a CPU the eager folded block, whatever ``compiled`` is."""
+    from lasnet_mmdet.latency.hardware import load_profile
+    from lasnet_mmdet.latency.predictor import (compiled_static_kernels, kernels_time,
+                                                static_kernels)
+    assert [k.name for k in compiled_static_kernels(STAGE3)] == [
+        'conv1', 'conv1.bias_relu', 'conv2', 'conv2.bias_relu', 'conv3', 'conv3.bias_add_relu']
+    first = BlockShape(512, 256, 100, 152, stride=2, downsample=True)
+    assert 'downsample' in [k.name for k in compiled_static_kernels(first)]
+    h100 = PRESETS['h100']
+    deployed = predict_static_block(STAGE3, h100, deployed=True)
+    assert deployed == pytest.approx(kernels_time(compiled_static_kernels(STAGE3), h100))
+    assert predict_static_block(STAGE3, h100.with_efficiency(compiled=2.0), deployed=True) < (
+        deployed)
+    # ``vendor`` is mmdet's eager network's (cuDNN called eagerly), not the compiled one's
+    other_vendor = h100.with_efficiency(vendor=2.0)
+    assert predict_static_block(STAGE3, other_vendor, deployed=True) == deployed
+    assert predict_static_block(STAGE3, other_vendor) < predict_static_block(STAGE3, h100)
+    cpu = load_profile('cpu-2t')
+    eager = predict_static_block(STAGE3, cpu, deployed=True)
+    assert eager == pytest.approx(kernels_time(static_kernels(STAGE3, deployed=True), cpu))
+    assert predict_static_block(STAGE3, cpu.with_efficiency(compiled=0.1), deployed=True) == (
+        eager)
+
+
 def test_patch_schedule_pays_the_halo_at_fine_granularity():
     names = [k.name for k in las_kernels(STAGE3, 1, 0.5, 'fused')]
     assert 'conv1' in names and 'scatter_add_relu' in names
