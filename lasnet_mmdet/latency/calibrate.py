@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .hardware import (DTYPE_BYTES, EFFICIENCY_BOUNDS, HardwareProfile, get_preset,
                        load_profile)
+from ..ops import resolve_backend
 from . import measure
 from .measure import (TORCH_DTYPES, make_block, measure_deployed_block, measure_las_block,
                       measure_static_block, stage_block_shape, time_fn)
@@ -70,6 +71,8 @@ def kernels_for(spec, dtype, schedule, kind='cpu'):
             return compiled_static_kernels(shape, dtype)
         return static_kernels(shape, dtype, deployed=True)
     if op == 'las_block':
+        if not spec.get('fused_masker', True):  # timed through the mask's row lists
+            schedule = get_schedule(schedule).replace(masker_in_conv1=False)
         return las_kernels(shape, spec['S'], spec['r'], schedule, dtype)
     raise ValueError(f'unknown benchmark op {op!r}')
 
@@ -172,10 +175,11 @@ def memory_benchmarks(device, dtype, numel=None):
 
 
 def block_benchmarks(shape_hw, device, dtype, schedule, backend='auto',
-                     points=((1, 0.25), (4, 0.5), (8, 0.75)), stages=(0, 1, 2, 3),
-                     sparse=True):
+                     points=((1, 0.25, True), (4, 0.5, True), (8, 0.75, True), (4, 0.5, False)),
+                     stages=(0, 1, 2, 3), sparse=True):
     """The stem, dense bottlenecks (eager mmdet) and sparse LAS blocks at a few (S, r) per
-    stage."""
+    stage, each with the masker's launch fused into conv1's where the backend does that, and
+    one without (the path of windows it does not fuse: row lists from the mask)."""
     import torch.nn as nn
     stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
                          nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
@@ -199,13 +203,15 @@ def block_benchmarks(shape_hw, device, dtype, schedule, backend='auto',
                              spec))
         if not sparse:
             continue
-        for S, rate in points:
+        for S, rate, fuse in points:
+            if not fuse and resolve_backend(backend, device) != 'triton':
+                continue  # only the Triton backend has the fused launch
             block = make_block(shape, S, device, dtype)
-            seconds = measure_las_block(shape, S, rate, device, dtype, backend, block, 1, 3,
-                                        0.05)
-            spec = dict(op='las_block', shape=asdict(shape), S=S, r=rate)
-            out.append(Benchmark(f'LAS block layer{stage + 1} S={S} r={rate}',
-                                 kernels_for(spec, dtype, schedule), seconds, spec))
+            seconds, fused = measure_las_block(shape, S, rate, device, dtype, backend, block, 1,
+                                               3, 0.05, fuse_masker=fuse, with_path=True)
+            spec = dict(op='las_block', shape=asdict(shape), S=S, r=rate, fused_masker=fused)
+            name = f'LAS block layer{stage + 1} S={S} r={rate}' + ('' if fuse else ' row lists')
+            out.append(Benchmark(name, kernels_for(spec, dtype, schedule), seconds, spec))
     return out
 
 

@@ -2,8 +2,9 @@
 
 Times one op, one LAS block on its sparse path with a pinned mask, or a whole backbone, the
 way ``tools/benchmark_latency.py`` does: warm-up, synchronised, median of repeats. The sparse
-block goes through the ops' tensor entry point, ``sparse_bottleneck``, on the block's folded
-weights.
+block goes through the ops' tensor entry point the backbone uses, on the block's folded
+weights: ``sparse_bottleneck``, or with the Triton backend where the masker's window fits
+``sparse_bottleneck_with_masker`` (the pinned mask handed to conv1's launch).
 """
 import statistics
 import time
@@ -124,11 +125,15 @@ def coarse_mask(shape, granularity, rate, device='cpu', dtype='fp32', seed=0):
 
 
 def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', backend='auto',
-                      block=None, warmup=2, repeats=5, min_seconds=0.0):
+                      block=None, warmup=2, repeats=5, min_seconds=0.0, fuse_masker=True,
+                      with_path=False):
     """Median seconds of the sparse path of one LAS block at a pinned mask (masker excluded;
     a Triton block called on its own zeroes its row counters itself, a memset that a backbone
-    forward makes once for all blocks)."""
-    from ..ops import resolve_backend, sparse_bottleneck
+    forward makes once for all blocks). ``fuse_masker=False``: through the mask's row lists
+    even where the Triton backend would hand the mask to conv1's launch. ``with_path``: also
+    return whether it went through conv1's launch."""
+    from ..ops import (FUSED_MASKER_WINDOWS, resolve_backend, sparse_bottleneck,
+                       sparse_bottleneck_with_masker)
     from ..ops.workspace import Workspace, use_workspace
     block = block if block is not None else make_block(shape, granularity, device, dtype)
     block.sparse_inference = backend
@@ -145,11 +150,24 @@ def measure_las_block(shape, granularity, rate, device='cpu', dtype='fp32', back
     backend = resolve_backend(backend, x.device)
     weights = block.folded_weights(x.dtype, backend)
 
-    def forward():
-        with torch.no_grad(), use_workspace(workspace):
-            return sparse_bottleneck(x, mask, weights, granularity, block.stride, backend,
-                                     reuse_output=True)
-    return time_fn(forward, device, warmup, repeats, min_seconds)
+    fused = (fuse_masker and backend == 'triton'
+             and block.stride * granularity in FUSED_MASKER_WINDOWS)
+    if fused:
+        # As the backbone runs it with pinned masks: conv1's launch takes the mask.
+        columns, bias = block.masker_columns(x.dtype), block.masker.conv2.bias
+
+        def forward():
+            with torch.no_grad():
+                return sparse_bottleneck_with_masker(
+                    x, columns, bias, weights, granularity, block.stride, reuse_output=True,
+                    pin=mask, run_masker=False)[0]
+    else:
+        def forward():
+            with torch.no_grad(), use_workspace(workspace):
+                return sparse_bottleneck(x, mask, weights, granularity, block.stride, backend,
+                                         reuse_output=True)
+    seconds = time_fn(forward, device, warmup, repeats, min_seconds)
+    return (seconds, fused) if with_path else seconds
 
 
 def measure_static_block(shape, device='cpu', dtype='fp32', block=None, warmup=2, repeats=5,

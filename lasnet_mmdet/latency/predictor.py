@@ -30,12 +30,15 @@ from dataclasses import dataclass, replace
 
 from ..ops.geometry import coarse_grid_size, conv_out
 from ..ops.torch_backend import DENSE_BLOCK_ABOVE, DENSE_CONV1_ABOVE, INDEX_OPS, ONEDNN_MIN_ROWS
-from ..ops import TRITON_INDEX_OPS
+from ..ops import FUSED_MASKER_WINDOWS, TRITON_INDEX_OPS
 from .hardware import DTYPE_BYTES, load_profile
 
 # Cost of each GPU wave of tiles after the first, relative to the first (H100, Triton GEMMs
 # at batch 1: latency rises smoothly, not in steps, where the tile count crosses the SM count).
 LATER_WAVE_COST = 0.5
+# Rows of the fused masker + conv1 launch's M tile taken by the model (the kernels' tables
+# pick 64 or 128 per layer).
+FUSED_TILE_ROWS = 64
 ARCH = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
@@ -54,6 +57,9 @@ class Schedule:
     dense_block_above: float = 1.0  # run the whole block densely above this active fraction
     relu_rest_in_conv3: bool = False  # conv3's launch also writes ReLU(residual) off the mask
     stem_pool_fused: bool = False  # the stem's ReLU and max-pool in one pass (ops.triton.stem_pool)
+    # The masker decides in conv1's launch, which runs on every pixel and appends the row
+    # list (ops.triton.conv1_masker), for windows (stride x S) in ``FUSED_MASKER_WINDOWS``.
+    masker_in_conv1: bool = False
 
     def replace(self, **kwargs):
         return replace(self, **kwargs)
@@ -66,8 +72,10 @@ SCHEDULES = {
     # lasnet_mmdet.ops Triton backend: the same fusions on pixel rows (implicit GEMMs over
     # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3,
     # whose launch also writes ReLU(residual) at the inactive rows; the stem's bias, ReLU and
-    # max-pool in one pass).
-    'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True, stem_pool_fused=True),
+    # max-pool in one pass; the masker and the row list inside conv1's launch, where the
+    # window fits).
+    'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True, stem_pool_fused=True,
+                     masker_in_conv1=True),
     # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, BLAS below ONEDNN_MIN_ROWS rows;
     # fresh outputs), explicit gathers into reused workspace buffers, index_add, ReLU passes,
     # small ops to build the row lists, BN folded everywhere, the masker as avg-pool + 1x1
@@ -443,6 +451,23 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
         dense_out = out_px * shape.out_channels
         return ks + [_eltwise('mask_fill', dense_out, b),
                      _eltwise('add_relu', dense_out, b, passes=3)]
+    if schedule.masker_in_conv1 and shape.stride * granularity in FUSED_MASKER_WINDOWS:
+        # One launch: conv1 on every pixel (rows addressed directly) and one more program per
+        # M tile on the same rows, which decides (with the masker: two logits padded to 16
+        # columns) and appends the row list (4 bytes a row).
+        # Its M tiles hold whole cells of one cell row (FUSED_TILE_ROWS rows taken for the
+        # tile height), so each cell row's last tile is padded. The masker programs append
+        # the row list after their K loop: a serial tail of about one launch's fixed cost
+        # (calibrated on the H100, fused blocks took as long as those with a compaction
+        # launch and a gathered conv1; without the tail the fit was 10-25 % off both ways).
+        extra = 16 if schedule.with_masker else 0
+        win = shape.stride * granularity
+        tile_cells = max(FUSED_TILE_ROWS // (win * win), 1)
+        h, w = coarse_grid_size(out_h, out_w, granularity)
+        m_pad = B * h * math.ceil(w / tile_cells) * tile_cells * win * win
+        ks = [Kernel('indices', bytes=4 * out_px, launches=1)]
+        ks += _gemm('conv1', in_px, mid + extra, cin, in_px * cin, schedule, b, m_pad=m_pad)
+        return ks + _conv2_conv3_kernels(shape, schedule, b, n1, n2, mid, out_px)
     ks = _masker_and_indices(shape, granularity, schedule, b, 8 * (in_px + out_px) + taps,
                              schedule.index_ops)
     if n1 > schedule.dense_conv1_above * in_px:
@@ -454,6 +479,12 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
         ks.append(Kernel('gather1', bytes=n1 * cin * b, gathered_bytes=n1 * cin * b))
         ks += _gemm('conv1', n1, mid, cin, n1 * cin, schedule, b)
         ks.append(Kernel('scatter1', bytes=n1 * mid * b, gathered_bytes=n1 * mid * b))
+    return ks + _conv2_conv3_kernels(shape, schedule, b, n1, n2, mid, out_px)
+
+
+def _conv2_conv3_kernels(shape, schedule, b, n1, n2, mid, out_px):
+    """conv2 over the nine taps of the active rows, conv3 on them, the residual."""
+    ks = []
     if schedule.gather_in_conv:
         # Implicit GEMM: the nine taps' re-reads hit on-chip memory; DRAM sees conv1's rows.
         ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True,

@@ -215,3 +215,20 @@ def test_gpu_fit_leaves_out_library_convs():
     assert rms < 0.02
     assert fitted.efficiency['compute'] == pytest.approx(0.3, rel=0.1)
     assert len(fit_benchmarks(load_profile('cpu-2t'), benches)) == len(benches)
+
+
+def test_las_block_benchmark_follows_the_path_it_was_timed_on():
+    """A LAS block timed through row lists (``fused_masker=False``: the mask given to a
+    compaction launch and a gathered conv1) gets those kernels; one timed through the fused
+    masker + conv1 launch (the default) gets the fused conv1 on every pixel."""
+    from lasnet_mmdet.latency.predictor import SCHEDULES
+    shape = BlockShape(1024, 256, 50, 76)
+    schedule = SCHEDULES['rows'].replace(with_masker=False)
+    spec = {'op': 'las_block', 'shape': asdict(shape), 'S': 4, 'r': 0.5}
+    fused = kernels_for(dict(spec, fused_masker=True), 'fp16', schedule, 'gpu')
+    rows = kernels_for(dict(spec, fused_masker=False), 'fp16', schedule, 'gpu')
+    assert fused == kernels_for(spec, 'fp16', schedule, 'gpu')
+    assert fused == las_kernels(shape, 4, 0.5, schedule, 'fp16')
+    conv1 = {k.name: k for k in fused}['conv1'], {k.name: k for k in rows}['conv1']
+    assert conv1[0].gathered_bytes == 0 and conv1[1].gathered_bytes > 0
+    assert conv1[0].M > conv1[1].M  # every pixel vs the needed rows

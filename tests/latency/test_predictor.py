@@ -64,12 +64,23 @@ def test_tensor_cores_and_fusion_pay():
 
 
 def test_rows_schedule_launches_what_the_triton_backend_launches():
-    """Per identity block: the masker, the row lists (compaction), conv1, conv2 and conv3,
-    which updates the block input in place at the active rows; a downsample block's conv3
-    launch also writes ReLU(residual) off the mask."""
+    """Per identity block: conv1 with the masker and the row list in one launch (windows in
+    ``FUSED_MASKER_WINDOWS``; else the masker, the compaction and a gathered conv1), conv2
+    and conv3, which updates the block input in place at the active rows; a downsample
+    block's conv3 launch also writes ReLU(residual) off the mask."""
     from lasnet_mmdet.ops import TRITON_INDEX_OPS
     kernels = las_kernels(STAGE3, 2, 0.5, 'rows')
-    assert sum(k.launches for k in kernels) == 1 + TRITON_INDEX_OPS + 3
+    assert [k.name for k in kernels] == ['indices', 'conv1', 'conv2', 'conv3', 'residual_relu']
+    conv1 = next(k for k in kernels if k.name == 'conv1')
+    # every pixel, tiles of 16 whole cells a cell row (38 -> 48 cells), the masker's program
+    assert conv1.M == 25 * 48 * 4 and conv1.N == 256 + 16
+    pinned = las_kernels(STAGE3, 2, 0.5, SCHEDULES['rows'].replace(with_masker=False))
+    assert next(k for k in pinned if k.name == 'conv1').N == 256
+    unfused = las_kernels(STAGE3, 7, 0.5, 'rows')
+    assert sum(k.launches for k in unfused) == 1 + TRITON_INDEX_OPS + 3
+    # the row-list tail of the fused launch costs one launch's fixed cost: the masker's
+    # own launch is what the fusion saves
+    assert sum(k.launches for k in kernels) == sum(k.launches for k in unfused) - 1
     residual = next(k for k in kernels if k.name == 'residual_relu')
     dense_out = 2 * 50 * 76 * 1024 * 4  # read and written once each, fp32
     assert residual.bytes == 0 and residual.gathered_bytes == dense_out / 2  # r = 0.5
