@@ -29,9 +29,10 @@ from .torch_backend import torch_forward
 
 BACKENDS = ('torch', 'triton')
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Launches of the Triton backend that turn the coarse mask into row lists in a backbone
-# forward: ``compact_rows`` (its counters come zeroed, one memset for all blocks:
-# ``counters``); the latency predictor reads it. Kept here: importing it must not need triton.
+# Launches of the Triton backend that turn a given coarse mask into row lists in a block
+# (windows outside ``FUSED_MASKER_WINDOWS``; the others append them in conv1's launch):
+# ``compact_rows`` (its counters come zeroed, one memset for all blocks: ``counters``); the
+# latency predictor reads it. Kept here: importing it must not need triton.
 TRITON_INDEX_OPS = 1
 # Masker windows (stride x S pixels) that ``sparse_bottleneck_with_masker`` takes: whole
 # windows tile a GEMM's rows (64 at most, powers of two).
