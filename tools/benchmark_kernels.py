@@ -9,10 +9,13 @@ the row lists (``compact_rows``, as in the sparse forward), then the Triton kern
 with the tile ``tile_config`` picks, and the dense conv of the same layer on the whole map
 with cuDNN (channels-last, BN folded into a bias, ``cudnn.benchmark``); both as the median of
 CUDA-graph replays (``triton.testing.do_bench_cudagraph``: no launch gaps, as in the graphed
-backbone). TFLOP/s = 2 x MACs done / time: the sparse kernel's MACs are its rows
-x K x N, the dense conv's all pixels x K x N (conv3's launch also writes ReLU(residual) at the
-inactive rows, as in the backbone: its time includes that memory work). Per stage: the stage's
-blocks (3, 4, 23, 3) summed.
+backbone). conv1 runs as the backbone runs it: where the masker's window (stride x S) fits,
+the launch with the masker (``conv1_masker``: every pixel, the masker's decision and the row
+list; each replay re-zeroes its two row counters, one small memset more than in the backbone),
+else the gathered GEMM over the needed rows. TFLOP/s = 2 x MACs done / time: the sparse
+kernel's MACs are its rows x K x N, the dense conv's all pixels x K x N (conv3's launch also
+writes ReLU(residual) at the inactive rows, as in the backbone: its time includes that memory
+work). Per stage: the stage's blocks (3, 4, 23, 3) summed.
 
 ``--tune`` also times every candidate tile (``CANDIDATES``) on every layer and every batch,
 picks per (kernel, N, K) and batch the tile with the smallest geometric mean of time / best
@@ -109,17 +112,19 @@ def layers(in_h, in_w):
 class Layer:
     """Inputs of one layer's sparse kernel and of its dense conv, on the GPU."""
 
-    def __init__(self, lay, batch, rate, granularity, dtype, weight_layout, seed=0):
+    def __init__(self, lay, batch, rate, granularity, dtype, weight_layout, seed=0,
+                 device='cuda'):
+        from lasnet_mmdet.ops import FUSED_MASKER_WINDOWS
         from lasnet_mmdet.ops.triton.compact import compact_rows
-        g = torch.Generator(device='cuda').manual_seed(seed)
-        self.lay, dev = lay, 'cuda'
+        g = torch.Generator(device=device).manual_seed(seed)
+        self.lay, dev = lay, device
         (h, w), (oh, ow), stride = lay['in_hw'], lay['out_hw'], lay['stride']
         k, n = lay['K'], lay['N']
         cin = k // 9 if lay['kernel'] == 'conv3x3' else k
 
         # The block's mask: S x S cells of its output, exactly round(rate * cells) active;
         # its row lists as the sparse forward makes them.
-        s = granularity[lay['granularity_index']]
+        s = self.granularity = granularity[lay['granularity_index']]
         ch, cw = -(-oh // s), -(-ow // s)
         order = torch.rand(batch, ch * cw, generator=g, device=dev).argsort(dim=1).argsort(dim=1)
         coarse = (order < round(rate * ch * cw)).to(dtype).view(batch, 1, ch, cw)
@@ -131,7 +136,15 @@ class Layer:
 
         def randn(*shape):
             return torch.randn(*shape, generator=g, device=dev).to(dtype)
-        if lay['name'].startswith('conv1'):  # gather needed input rows, scatter to the map
+        self.window = stride * s
+        self.fused = lay['name'].startswith('conv1') and self.window in FUSED_MASKER_WINDOWS
+        if self.fused:  # every pixel, with the masker's decision and the row list
+            self.x = randn(batch, k, h, w).contiguous(memory_format=torch.channels_last)
+            self.out, self.max_rows = randn(batch * h * w, n), batch * h * w
+            self.masker_w, self.masker_b = randn(k, 16), randn(2)
+            self.coarse, self.out_hw = coarse.clone(), (oh, ow)
+            self.rows_done, dense_in, dense_stride = batch * h * w, (h, w), 1
+        elif lay['name'].startswith('conv1'):  # gather needed input rows, scatter to the map
             self.x, self.out, self.max_rows = randn(batch * h * w, k), randn(batch * h * w, n), \
                 batch * h * w
             self.rows_done, dense_in, dense_stride = n_needed, (h, w), 1
@@ -161,10 +174,18 @@ class Layer:
         self.sparse_macs = self.rows_done * k * n
 
     def sparse(self, tile=None):
+        from lasnet_mmdet.ops.triton.conv1_masker import conv1_masker
         from lasnet_mmdet.ops.triton.gemm import conv3x3_rows, rows_gemm
         lay = self.lay
         # fp32 as the backbone runs it by default: TF32 products, like cuDNN's convs here.
         ieee = not torch.backends.cudnn.allow_tf32
+        if self.fused:
+            def fused():
+                self.counts.zero_()  # the launch appends its rows: a fresh list each replay
+                conv1_masker(self.x, self.w, self.b, self.out, self.masker_w, self.masker_b,
+                             self.coarse, self.active, self.counts[1:], self.window,
+                             self.granularity, self.out_hw, ieee=ieee, tile=tile)
+            return fused
         if lay['kernel'] == 'conv3x3':
             return lambda: conv3x3_rows(self.x, self.w, self.b, self.out, self.active,
                                         self.counts[1:], self.max_rows, lay['in_hw'],

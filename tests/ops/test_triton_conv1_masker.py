@@ -167,3 +167,21 @@ def test_realistic_shape_and_graph_capture():
         ref = dense_masked_forward(block, x, coarse)
     assert torch.equal(coarse, ref_mask)
     assert_close_to_scale(out, ref, 2e-2)
+
+
+def test_kernel_benchmark_times_conv1_as_the_backbone_runs_it():
+    """``tools/benchmark_kernels.py`` times conv1 through the fused launch where the window
+    fits (every pixel, a fresh row list each replay) and the gathered GEMM where not."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'tools'))
+    from benchmark_kernels import Layer, layers
+    lays = {(lay['stage'], lay['name']): lay for lay in layers(64, 64)}
+    bench = Layer(lays[(1, 'conv1')], 1, 0.5, (4, 4, 2, 1), torch.float32, 'kn', device=DEVICE)
+    assert bench.fused and bench.rows_done == 16 * 16
+    for _ in range(2):  # replayed: the counters start from zero each time
+        bench.sparse()()
+        assert bench.counts[1:].sum().item() == 16 * 16
+    x_rows = bench.x.permute(0, 2, 3, 1).reshape(-1, bench.x.shape[1])
+    assert_close_to_scale(bench.out, (x_rows @ bench.w + bench.b).relu(), 1e-4)
+    unfused = Layer(lays[(1, 'conv1')], 1, 0.5, (7, 4, 2, 1), torch.float32, 'kn',
+                    device=DEVICE)
+    assert not unfused.fused and unfused.rows_done < 16 * 16
