@@ -69,17 +69,19 @@ def resolve_backend(choice, device):
     return 'triton'
 
 
-def _check_inputs(x, coarse, weights, granularity, stride, backend):
+def _check_inputs(x, coarse, weights, granularity, stride, backend, mask_name='coarse mask'):
+    """Refuse bad inputs by name; ``coarse``: the block's mask, or None where none is given
+    (the fused masker decides it)."""
     if backend not in BACKENDS:
         raise ValueError(f'sparse backend must be one of {BACKENDS}, got {backend!r}')
     if x.dim() != 4 or not x.is_floating_point():
         raise ValueError(f'x must be a float (B, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}')
     grid = coarse_shape(x.shape[0], x.shape[2], x.shape[3], stride, granularity)
-    if tuple(coarse.shape) != grid:
-        raise ValueError(f'coarse mask must have shape {grid} for input {tuple(x.shape)}, '
+    if coarse is not None and tuple(coarse.shape) != grid:
+        raise ValueError(f'{mask_name} must have shape {grid} for input {tuple(x.shape)}, '
                          f'S={granularity} and stride {stride}, got {tuple(coarse.shape)}')
-    if coarse.device != x.device:
-        raise ValueError(f'coarse mask is on {coarse.device}, x on {x.device}')
+    if coarse is not None and coarse.device != x.device:
+        raise ValueError(f'{mask_name} is on {coarse.device}, x on {x.device}')
     if weights.w1.dtype != x.dtype:
         raise ValueError(f'weights are {weights.w1.dtype}, x is {x.dtype}')
     layout = weight_layout(backend, x.dtype)
@@ -144,14 +146,10 @@ def sparse_bottleneck_with_masker(x, masker_columns, masker_bias, weights, granu
     if window not in FUSED_MASKER_WINDOWS:
         raise ValueError(f'the fused masker takes windows (stride x S) {FUSED_MASKER_WINDOWS}, '
                          f'got {stride} x {granularity}')
-    grid = coarse_shape(x.shape[0], x.shape[2], x.shape[3], stride, granularity)
-    _check_inputs(x, x.new_empty(grid), weights, granularity, stride, 'triton')
+    _check_inputs(x, pin, weights, granularity, stride, 'triton', mask_name='pinned mask')
     if tuple(masker_columns.shape) != (x.shape[1], 16) or masker_columns.dtype != x.dtype:
         raise ValueError(f'masker_columns must be ({x.shape[1]}, 16) {x.dtype}, got '
                          f'{tuple(masker_columns.shape)} {masker_columns.dtype}')
-    if pin is not None and (tuple(pin.shape) != grid or pin.device != x.device):
-        raise ValueError(f'pinned mask must be {grid} on {x.device}, got {tuple(pin.shape)} '
-                         f'on {pin.device}')
     from .triton import triton_forward_with_masker
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     return triton_forward_with_masker(x, masker_columns, masker_bias, weights, granularity,
