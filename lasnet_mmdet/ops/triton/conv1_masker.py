@@ -16,8 +16,8 @@ will read. Here one launch reads ``x`` once for both:
   the row list: active ones from the front (``counts[0]``), inactive ones from the back
   (``counts[1]``), one atomic add each per program, as ``compact.compact_rows`` does.
 
-An M tile is ``BLOCK_M / window**2`` whole cells of one cell row, their pixels cell by cell,
-so each cell's logits are a reduction inside one program (no atomics on logits: the decision
+An M tile is ``BLOCK_M / window**2`` whole cells (consecutive over image, cell row and cell
+column), their pixels cell by cell, so each cell's logits are a reduction inside one program (no atomics on logits: the decision
 is deterministic). Windows of 1, 2, 4 and 8 pixels fit (``FUSED_MASKER_WINDOWS``); others run
 the masker, ``compact_rows`` and the gathered conv1 apart (``launcher``). ``PINNED``: the decision
 comes from a given mask (benchmarks pin masks at exactly r), the logits are still computed
@@ -36,11 +36,11 @@ MASKER_COLUMNS = 16  # the masker's 2 logits padded to the smallest MMA width
 
 
 # Sizes are runtime values (no specialisation): a new image size compiles nothing.
-@triton.jit(do_not_specialize=['H', 'W', 'h', 'w', 'Ho', 'Wo', 'total_out'],
+@triton.jit(do_not_specialize=['H', 'W', 'h', 'w', 'n_cells', 'Ho', 'Wo', 'total_out'],
             do_not_specialize_on_alignment=['active_ptr', 'counts_ptr'])
 def conv1_masker_kernel(x_ptr, w_ptr, bias_ptr, mid_ptr, mw_ptr, mb_ptr, pin_ptr, coarse_ptr,
-                        active_ptr, counts_ptr, C, N, stride_wk, stride_wn, H, W, h, w, Ho,
-                        Wo, total_out, WIN: tl.constexpr, S: tl.constexpr,
+                        active_ptr, counts_ptr, C, N, stride_wk, stride_wn, H, W, h, w,
+                        n_cells, Ho, Wo, total_out, WIN: tl.constexpr, S: tl.constexpr,
                         N_TILES: tl.constexpr, DECIDE: tl.constexpr, PINNED: tl.constexpr,
                         IEEE: tl.constexpr, MASKER_IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
@@ -52,16 +52,15 @@ def conv1_masker_kernel(x_ptr, w_ptr, bias_ptr, mid_ptr, mw_ptr, mb_ptr, pin_ptr
     grid_dependency(PDL)
     PIX: tl.constexpr = WIN * WIN
     CELLS: tl.constexpr = BLOCK_M // PIX
-    w_tiles = tl.cdiv(w, CELLS)
-    b = pid_m // (h * w_tiles)
-    cy = (pid_m // w_tiles) % h
-    cx0 = (pid_m % w_tiles) * CELLS
-    # Tile row j: pixel j % PIX (row-major in the window) of cell cx0 + j // PIX.
+    # Tile row j: pixel j % PIX (row-major in the window) of cell pid_m * CELLS + j // PIX,
+    # cells counted over (image, cell row, cell column): a tile may span cell rows, so no
+    # tile is padded at a row's end.
     j = tl.arange(0, BLOCK_M)
-    cx = cx0 + j // PIX
-    y = cy * WIN + (j % PIX) // WIN
-    x = cx * WIN + j % WIN
-    m_ok = (cx < w) & (y < H) & (x < W)
+    cell = pid_m * CELLS + j // PIX
+    b = cell // (h * w)
+    y = (cell // w) % h * WIN + (j % PIX) // WIN
+    x = cell % w * WIN + j % WIN
+    m_ok = (cell < n_cells) & (y < H) & (x < W)
     rows = (b * H + y).to(tl.int64) * W + x
     if pid_n < N_TILES:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -80,9 +79,10 @@ def conv1_masker_kernel(x_ptr, w_ptr, bias_ptr, mid_ptr, mw_ptr, mb_ptr, pin_ptr
         tl.store(mid_ptr + rows[:, None] * N + offs_n[None, :],
                  acc.to(mid_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
     else:
-        cells = cx0 + tl.arange(0, CELLS)
-        cell_ok = cells < w
-        cell_idx = (b * h + cy) * w + cells
+        cells = pid_m * CELLS + tl.arange(0, CELLS)
+        cell_ok = cells < n_cells
+        cy = (cells // w) % h
+        cx = cells % w
         if DECIDE:
             cols = tl.arange(0, 16)
             pixel_logits = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
@@ -97,27 +97,26 @@ def conv1_masker_kernel(x_ptr, w_ptr, bias_ptr, mid_ptr, mw_ptr, mb_ptr, pin_ptr
             per_cell = tl.sum(tl.reshape(pixel_logits, (CELLS, PIX, 16)), axis=1)
             logit0 = tl.sum(tl.where(cols[None, :] == 0, per_cell, 0.0), axis=1)
             logit1 = tl.sum(tl.where(cols[None, :] == 1, per_cell, 0.0), axis=1)
-            y0 = cy * WIN
-            count = (tl.minimum(y0 + WIN, H) - y0) * (tl.minimum(cells * WIN + WIN, W)
-                                                      - cells * WIN)
-            count = tl.maximum(count, 1)  # cells past the row's end (not stored)
+            count = ((tl.minimum(cy * WIN + WIN, H) - cy * WIN)
+                     * (tl.minimum(cx * WIN + WIN, W) - cx * WIN))
             logit0 = logit0 / count + tl.load(mb_ptr).to(tl.float32)
             logit1 = logit1 / count + tl.load(mb_ptr + 1).to(tl.float32)
             keep = logit0 >= logit1  # ties execute, as in the torch path
         if PINNED:
-            keep = tl.load(pin_ptr + cell_idx, mask=cell_ok, other=0.0) > 0
-        tl.store(coarse_ptr + cell_idx, keep.to(coarse_ptr.dtype.element_ty), mask=cell_ok)
+            keep = tl.load(pin_ptr + cells, mask=cell_ok, other=0.0) > 0
+        tl.store(coarse_ptr + cells, keep.to(coarse_ptr.dtype.element_ty), mask=cell_ok)
         # The cells' output pixels (S x S each, clipped at the border), as flat rows, each
         # with its cell's decision read back: broadcasting ``keep`` to the rows in registers
         # (broadcast + reshape) miscounted rows on the H100 (Triton 3.6).
         tl.debug_barrier()  # the decisions stored above are read by other threads
         q = tl.arange(0, CELLS * S * S)
-        qc = cx0 + q // (S * S)
-        oy = cy * S + (q % (S * S)) // S
-        ox = qc * S + q % S
-        valid = (qc < w) & (oy < Ho) & (ox < Wo)
-        run = tl.load(coarse_ptr + (b * h + cy) * w + qc, mask=valid, other=0.0) > 0
-        out_rows = (b * Ho + oy) * Wo + ox
+        q_cell = pid_m * CELLS + q // (S * S)
+        q_b = q_cell // (h * w)
+        oy = (q_cell // w) % h * S + (q % (S * S)) // S
+        ox = q_cell % w * S + q % S
+        valid = (q_cell < n_cells) & (oy < Ho) & (ox < Wo)
+        run = tl.load(coarse_ptr + q_cell, mask=valid, other=0.0) > 0
+        out_rows = (q_b * Ho + oy) * Wo + ox
         _append(active_ptr, counts_ptr, out_rows, valid & run)
         _append_back(active_ptr, counts_ptr + 1, out_rows, valid & (run == 0), total_out)
 
@@ -162,11 +161,13 @@ def conv1_masker(x, w1, b1, mid, masker_w, masker_b, coarse, active, counts, win
     block_m = max(t.block_m, window * window)  # whole cells a tile
     cells = block_m // (window * window)
     n_tiles = triton.cdiv(n, t.block_n)
-    m_tiles = batch * h * triton.cdiv(w, cells)
+    n_cells = batch * h * w
+    m_tiles = triton.cdiv(n_cells, cells)
     pdl = use_pdl(x.device)
     conv1_masker_kernel[(m_tiles * (n_tiles + 1), )](
         x, w1, b1, mid, masker_w, masker_b, coarse if pin is None else pin, coarse, active,
-        counts, c, n, *w1.stride(), height, width, h, w, *out_hw, active.numel(), WIN=window,
+        counts, c, n, *w1.stride(), height, width, h, w, n_cells, *out_hw, active.numel(),
+        WIN=window,
         S=granularity, N_TILES=n_tiles, DECIDE=decide, PINNED=pin is not None,
         IEEE=_ieee(x.dtype, ieee),
         # fp32 logits in full precision whatever conv1 uses, as the standalone masker's FMAs
