@@ -1,7 +1,7 @@
 """The sparse GEMM kernels on every ResNet-101 layer shape: tile tuning and TFLOP/s vs cuDNN.
 
     python tools/benchmark_kernels.py [--shape 800 1216] [--batch 1 8] [--rate 0.5] \
-        [--dtype fp16] [--granularity 4 4 2 1] [--tune] [--json OUT]
+        [--dtype fp16] [--granularity 4 4 2 1] [--convs conv1 conv2 conv3] [--tune] [--json OUT]
 
 For each conv of a LAS-ResNet-101 bottleneck (conv1 / conv2 / conv3 of the first and of a
 regular block of each stage) at the given input size, a random coarse mask at ``rate`` gives
@@ -64,6 +64,10 @@ def parse_args(argv=None):
     p.add_argument('--weight-layout', choices=('kn', 'nk'),
                    help="the GEMM weights' layout (default: the library's, "
                    "lasnet_mmdet.ops.weight_layout('triton', dtype))")
+    p.add_argument('--convs', nargs='+', choices=('conv1', 'conv2', 'conv3'),
+                   default=['conv1', 'conv2', 'conv3'],
+                   help="only these convs of each block (e.g. --convs conv1 --tune: the table's "
+                   "conv1 keys only; the others keep the built-in table)")
     p.add_argument('--tune', action='store_true', help='time every candidate tile, print table')
     p.add_argument('--rep', type=float, default=20, help='do_bench repetition time (ms)')
     p.add_argument('--json', help='write the results here')
@@ -225,6 +229,8 @@ def run(args):
     max_rows = {}  # (kernel, N, K) -> batch -> the largest row list of its layers
     for batch in args.batch:
         for lay in layers(*args.shape):
+            if lay['name'][:5] not in args.convs:
+                continue
             L = Layer(lay, batch, args.rate, args.granularity, dtype, layout)
             tile = tile_config(lay['kernel'], lay['N'], lay['K'], dtype, torch.device('cuda'),
                                L.max_rows)

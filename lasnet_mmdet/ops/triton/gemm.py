@@ -78,21 +78,25 @@ class Tiles(NamedTuple):
 # were copied to shared memory 4 bytes at a time), on an H200 (same SM count): at the previous
 # table's tiles that layout alone took the sparse kernels from 3.91 to 2.06 ms at batch 1 and
 # from 21.96 to 12.39 ms at batch 8 (docs/sparse_ops_results/h200_s5_run1_kernels_fp32_*.json).
+# The fp16 conv1 keys ('gemm', mid, 4 x mid or the stage input) were retuned for the launch
+# with the masker (``conv1_masker``, M tiles of whole cells; ``--convs conv1 --tune``, ninth
+# session, h100_s9_run2_tune_conv1_fp16.json): backbone 1.72 -> 1.69 ms at batch 1, 6.54 ->
+# 6.50 at batch 8 (two interleaved pairs each). The unfused conv1 (S = 7) shares them.
 HOPPER_16BIT = {
     ('conv3x3', 64, 576): Tile(128, 64, 64, 4, 4),
     ('conv3x3', 128, 1152): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 42992),
     ('conv3x3', 256, 2304): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 256, 64, 8, 3), 10748),
     ('conv3x3', 512, 4608): Tiles(Tile(64, 64, 64, 4, 4), Tile(64, 256, 64, 8, 3), 2687),
     ('gemm', 64, 64): Tile(128, 64, 32, 4, 4),
-    ('gemm', 64, 256): Tiles(Tile(128, 64, 32, 4, 4), Tile(64, 64, 64, 4, 3), 171968),
-    ('gemm', 128, 256): Tiles(Tile(64, 128, 32, 4, 4), Tile(128, 128, 64, 8, 3), 171968),
-    ('gemm', 128, 512): Tiles(Tile(128, 128, 64, 8, 3), Tile(64, 128, 64, 4, 3), 42992),
+    ('gemm', 64, 256): Tile(128, 64, 32, 4, 4),
+    ('gemm', 128, 256): Tile(128, 64, 32, 4, 4),
+    ('gemm', 128, 512): Tile(128, 128, 64, 4, 3),
     ('gemm', 256, 64): Tile(64, 128, 32, 4, 4),
-    ('gemm', 256, 512): Tiles(Tile(64, 128, 32, 4, 4), Tile(128, 256, 64, 8, 3), 42992),
-    ('gemm', 256, 1024): Tiles(Tile(64, 128, 32, 4, 4), Tile(128, 256, 64, 8, 3), 10748),
+    ('gemm', 256, 512): Tiles(Tile(64, 128, 64, 4, 3), Tile(64, 128, 32, 4, 4), 42992),
+    ('gemm', 256, 1024): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 128, 64, 8, 3), 10748),
     ('gemm', 512, 128): Tiles(Tile(128, 128, 64, 4, 3), Tile(64, 128, 64, 4, 3), 42992),
-    ('gemm', 512, 1024): Tiles(Tile(128, 128, 64, 8, 3), Tile(128, 256, 64, 8, 3), 10748),
-    ('gemm', 512, 2048): Tiles(Tile(64, 64, 64, 4, 4), Tile(128, 256, 64, 8, 3), 2687),
+    ('gemm', 512, 1024): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 256, 64, 8, 3), 10748),
+    ('gemm', 512, 2048): Tiles(Tile(64, 64, 64, 4, 3), Tile(64, 128, 64, 4, 3), 2687),
     ('gemm', 1024, 256): Tiles(Tile(128, 128, 64, 8, 3), Tile(128, 128, 64, 4, 3), 10748),
     ('gemm', 2048, 512): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 2687),
 }
