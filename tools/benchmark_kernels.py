@@ -1,7 +1,8 @@
 """The sparse GEMM kernels on every ResNet-101 layer shape: tile tuning and TFLOP/s vs cuDNN.
 
     python tools/benchmark_kernels.py [--shape 800 1216] [--batch 1 8] [--rate 0.5] \
-        [--dtype fp16] [--granularity 4 4 2 1] [--convs conv1 conv2 conv3] [--tune] [--json OUT]
+        [--dtype fp16] [--granularity 4 4 2 1] [--convs conv1 conv2 conv3] [--stages 1 2 3 4] \
+        [--tune] [--json OUT]
 
 For each conv of a LAS-ResNet-101 bottleneck (conv1 / conv2 / conv3 of the first and of a
 regular block of each stage) at the given input size, a random coarse mask at ``rate`` gives
@@ -17,7 +18,8 @@ kernel's MACs are its rows x K x N, the dense conv's all pixels x K x N (conv3's
 writes ReLU(residual) at the inactive rows, as in the backbone: its time includes that memory
 work). Per stage: the stage's blocks (3, 4, 23, 3) summed.
 
-``--tune`` also times every candidate tile (``CANDIDATES``) on every layer and every batch,
+``--tune`` also times every candidate tile (``CANDIDATES``, and for conv3x3 the split-K tiles
+``SPLIT_CANDIDATES``) on every layer and every batch,
 picks per (kernel, N, K) and batch the tile with the smallest geometric mean of time / best
 time over the layers of that key, and prints the table to paste into
 ``lasnet_mmdet/ops/triton/gemm.py`` (``HOPPER_16BIT`` / ``HOPPER_32BIT`` for sm_90; or point
@@ -52,6 +54,13 @@ CANDIDATES = [
     # half as many K steps, for the one-wave layers of batch 1 (latency-bound K loops)
     (64, 64, 128, 4, 3), (128, 64, 128, 4, 3), (64, 128, 128, 4, 3), (128, 128, 128, 8, 2),
 ]
+# conv3x3 only: its K loop split over 2-4 programs per output tile (``Tile.split_k``), for the
+# few-row layers whose tiles alone leave SMs idle (stage 3-4 at batch 1).
+SPLIT_CANDIDATES = [
+    (128, 64, 64, 4, 4, 2), (128, 64, 64, 4, 4, 3), (128, 64, 64, 4, 4, 4),
+    (64, 64, 64, 4, 4, 2), (64, 64, 64, 4, 4, 3), (64, 128, 64, 4, 3, 2),
+    (64, 128, 64, 4, 3, 3), (128, 128, 64, 8, 3, 3),
+]
 
 
 def parse_args(argv=None):
@@ -68,6 +77,8 @@ def parse_args(argv=None):
                    default=['conv1', 'conv2', 'conv3'],
                    help="only these convs of each block (e.g. --convs conv1 --tune: the table's "
                    "conv1 keys only; the others keep the built-in table)")
+    p.add_argument('--stages', nargs='+', type=int, choices=(1, 2, 3, 4), default=[1, 2, 3, 4],
+                   help='only the layers of these stages')
     p.add_argument('--tune', action='store_true', help='time every candidate tile, print table')
     p.add_argument('--rep', type=float, default=20, help='do_bench repetition time (ms)')
     p.add_argument('--json', help='write the results here')
@@ -191,9 +202,14 @@ class Layer:
                              self.granularity, self.out_hw, ieee=ieee, tile=tile)
             return fused
         if lay['kernel'] == 'conv3x3':
+            # split-K semaphores allocated once, as the backbone's come from its forward's
+            # one memset (the launch leaves them at zero)
+            sems = torch.zeros(triton.cdiv(self.max_rows, 64) * triton.cdiv(lay['N'], 64),
+                               dtype=torch.int32, device=self.out.device)
             return lambda: conv3x3_rows(self.x, self.w, self.b, self.out, self.active,
                                         self.counts[1:], self.max_rows, lay['in_hw'],
-                                        lay['out_hw'], lay['stride'], tile=tile, ieee=ieee)
+                                        lay['out_hw'], lay['stride'], tile=tile, ieee=ieee,
+                                        semaphores=sems)
         if lay['name'] == 'conv3':
             return lambda: rows_gemm(self.x, self.w, self.b, self.out, self.active,
                                      self.counts[1:], self.max_rows, gather_a=False,
@@ -229,7 +245,7 @@ def run(args):
     max_rows = {}  # (kernel, N, K) -> batch -> the largest row list of its layers
     for batch in args.batch:
         for lay in layers(*args.shape):
-            if lay['name'][:5] not in args.convs:
+            if lay['name'][:5] not in args.convs or lay['stage'] not in args.stages:
                 continue
             L = Layer(lay, batch, args.rate, args.granularity, dtype, layout)
             tile = tile_config(lay['kernel'], lay['N'], lay['K'], dtype, torch.device('cuda'),
@@ -243,7 +259,8 @@ def run(args):
                        dense_tflops=2 * L.dense_macs / t_dense / 1e9)
             if args.tune:
                 cands = {}
-                for cand in CANDIDATES:
+                for cand in CANDIDATES + (SPLIT_CANDIDATES if lay['kernel'] == 'conv3x3'
+                                          else []):
                     c = Tile(*cand)
                     if c.block_n > max(64, triton.next_power_of_2(lay['N'])):
                         continue
@@ -316,6 +333,8 @@ def stage_summary(rows):
     for batch in sorted({r['batch'] for r in rows}):
         for stage in range(1, 5):
             rs = [r for r in rows if r['batch'] == batch and r['stage'] == stage]
+            if not rs:  # left out (--stages)
+                continue
             sp = sum(r['sparse_ms'] * r['times'] for r in rs)
             de = sum(r['dense_ms'] * r['times'] for r in rs)
             sp_flop = sum(r['sparse_tflops'] * r['sparse_ms'] * r['times'] for r in rs)

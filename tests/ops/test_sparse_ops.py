@@ -505,6 +505,15 @@ def test_counters_come_from_one_zeroed_tensor_per_forward(monkeypatch):
         c = counters.zeroed_counters(3, torch.device('cpu'))
         assert b.tolist() == [0, 0, 0] and b._base is a._base and b.data_ptr() != a.data_ptr()
         assert c._base is None and c.tolist() == [0, 0, 0]  # the pool ran out: fresh
+    with counters.counters_for(3, torch.device('cpu'), semaphores=4):
+        a = counters.zeroed_counters(3, torch.device('cpu'))
+        s1 = counters.zeroed_semaphores(4, torch.device('cpu'))
+        s2 = counters.zeroed_semaphores(2, torch.device('cpu'))
+        big = counters.zeroed_semaphores(5, torch.device('cpu'))
+        assert s1._base is a._base and s1.data_ptr() == s2.data_ptr() != a.data_ptr()
+        assert s1.tolist() == [0] * 4 and counters.zeroed_counters(1, torch.device('cpu'))._base is None
+        assert big._base is None and big.tolist() == [0] * 5
+    assert counters.zeroed_semaphores(2, torch.device('cpu'))._base is None
 
     import lasnet_mmdet.ops.triton.launcher as launcher
     taken = []

@@ -82,6 +82,62 @@ def test_conv3x3_rows_equals_conv2d(batch, c, n, h, w, stride, dtype, ieee, layo
     assert out[rows.numel():].isnan().all()  # nothing written past the list
 
 
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('split_k', [2, 3, 4])
+def test_conv3x3_rows_split_k_sums_its_parts_in_a_fixed_order(split_k, dtype):
+    """A tile with ``split_k``: the parts of each output tile's K loop (here 9 taps x 2 channel
+    blocks, not a multiple of 3 or 4) add up to the unsplit conv, bit for bit the same on a
+    second launch (the order of the sum does not depend on which part arrives last), and the
+    semaphores are left at zero (a CUDA graph or the next block reuses them), also when they
+    come from a forward's pool; nothing is written past the list."""
+    from lasnet_mmdet.ops import counters
+    g = torch.Generator().manual_seed(0)
+    batch, c, n, h, w, stride = 2, 48, 32, 9, 7, 1
+    x = torch.randn(batch, c, h, w, generator=g)
+    weight = torch.randn(n, c, 3, 3, generator=g) / math.sqrt(9 * c)
+    bias = torch.randn(n, generator=g)
+    ref = F.relu(F.conv2d(x.to(dtype).double(), weight.to(dtype).double(),
+                          bias.to(dtype).double(), stride, 1))
+    rows = _row_list(batch * h * w, 0.7, seed=2)
+    count = torch.tensor([rows.numel()], dtype=torch.int32, device=DEVICE)
+    x_rows = x.permute(0, 2, 3, 1).reshape(-1, c).to(DEVICE, dtype).contiguous()
+    w_kn = weight.permute(2, 3, 1, 0).reshape(9 * c, n).to(DEVICE, dtype).contiguous()
+    tile = Tile(16, 16, 32, 1, 1, split_k) if not CUDA else Tile(32, 32, 32, 4, 2, split_k)
+
+    def run():
+        out = torch.full((batch * h * w, n), float('nan'), device=DEVICE, dtype=dtype)
+        conv3x3_rows(x_rows, w_kn, bias.to(DEVICE, dtype), out, rows, count, batch * h * w,
+                     (h, w), (h, w), stride, ieee=True, tile=tile)
+        return out
+
+    dev = x_rows.device  # (the pool is matched on the device with its index, as the backbone
+    # passes it)
+    with counters.counters_for(3, dev, semaphores=64):
+        first, second = run(), run()
+        pool = counters.zeroed_semaphores(64, dev)
+    assert pool._base is not None and pool.eq(0).all()
+    assert torch.equal(first[:rows.numel()], second[:rows.numel()])
+    want = ref.permute(0, 2, 3, 1).reshape(-1, n)[rows.long().cpu()]
+    got = first[:rows.numel()].cpu()
+    assert not got.isnan().any()
+    assert _rel_err(got, want) < _tol(dtype, True)
+    assert first[rows.numel():].isnan().all()
+    if CUDA:  # replays of a captured launch: the semaphores are reset every time
+        with counters.counters_for(3, dev, semaphores=64):
+            graph_out = torch.full_like(first, float('nan'))
+            sems = counters.zeroed_semaphores(64, dev)
+            run()  # compiled outside the capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                conv3x3_rows(x_rows, w_kn, bias.to(DEVICE, dtype), graph_out, rows, count,
+                             batch * h * w, (h, w), (h, w), stride, ieee=True, tile=tile)
+            for _ in range(3):
+                graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(graph_out[:rows.numel()], first[:rows.numel()])
+            assert sems.eq(0).all()
+
+
 @pytest.mark.parametrize('layout', ['kn', 'nk'])
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('gather,scatter,with_res', [(True, True, False), (False, True, True),

@@ -31,7 +31,7 @@ from mmengine.logging import print_log
 from ...ops import (FUSED_MASKER_WINDOWS, TRITON_DTYPES, fold_bottleneck, fold_conv,
                     is_foldable_downsample, resolve_backend, sparse_bottleneck,
                     sparse_bottleneck_with_masker, weight_layout)
-from ...ops.counters import counters_for
+from ...ops.counters import SPLIT_K_SEMAPHORES, counters_for
 from ...ops.cuda_graph import CUDAGraphCache
 from ...ops.geometry import coarse_shape, conv_out, dilate_mask, upsample_mask
 from ...ops.layout import to_nchw
@@ -671,9 +671,11 @@ class LASResNet(ResNet):
                     x = stem_pool(F.conv2d(x, weight, None, self.conv1.stride,
                                            self.conv1.padding), bias, *pool)
             outs = []
-            # The Triton blocks' row counters, zeroed by one memset for the whole forward.
+            # The Triton blocks' row counters and split-K semaphores, zeroed by one memset for
+            # the whole forward.
             blocks = sum(len(getattr(self, name)) for name in self.res_layers)
-            with counters_for(3 * blocks, x.device) if use_triton else nullcontext():
+            with (counters_for(3 * blocks, x.device, semaphores=SPLIT_K_SEMAPHORES)
+                  if use_triton else nullcontext()):
                 for i, layer_name in enumerate(self.res_layers):
                     x = getattr(self, layer_name)(x)
                     if i in self.out_indices:

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..counters import zeroed_semaphores
 from .pdl import grid_dependency, use_pdl
 
 
@@ -50,6 +51,9 @@ class Tile(NamedTuple):
     block_k: int
     num_warps: int
     num_stages: int
+    # conv3x3 only: its K loop (9 taps x channel blocks) split over this many programs per
+    # output tile, for the few-row layers whose tiles alone do not fill the GPU.
+    split_k: int = 1
 
 
 class Tiles(NamedTuple):
@@ -82,11 +86,14 @@ class Tiles(NamedTuple):
 # with the masker (``conv1_masker``, M tiles of whole cells; ``--convs conv1 --tune``, ninth
 # session, h100_s9_run2_tune_conv1_fp16.json): backbone 1.72 -> 1.69 ms at batch 1, 6.54 ->
 # 6.50 at batch 8 (two interleaved pairs each). The unfused conv1 (S = 7) shares them.
+# The few-row conv2 tiles of stages 3-4 split their K loop (``split_k``; ``--convs conv2
+# --stages 3 4 --tune --batch 1``, h100_s9_run3_tune_conv2_b1_split.json): stage 3 17.7 ->
+# 16.3 us, stage 4 26.0 -> 19.9 us; backbone at batch 1 1.70 / 1.66 -> 1.64 / 1.62 ms.
 HOPPER_16BIT = {
     ('conv3x3', 64, 576): Tile(128, 64, 64, 4, 4),
     ('conv3x3', 128, 1152): Tiles(Tile(64, 128, 64, 4, 3), Tile(128, 128, 64, 4, 3), 42992),
-    ('conv3x3', 256, 2304): Tiles(Tile(128, 64, 64, 4, 4), Tile(128, 256, 64, 8, 3), 10748),
-    ('conv3x3', 512, 4608): Tiles(Tile(64, 64, 64, 4, 4), Tile(64, 256, 64, 8, 3), 2687),
+    ('conv3x3', 256, 2304): Tiles(Tile(64, 64, 64, 4, 4, 3), Tile(128, 256, 64, 8, 3), 10748),
+    ('conv3x3', 512, 4608): Tiles(Tile(64, 128, 64, 4, 3, 2), Tile(64, 256, 64, 8, 3), 2687),
     ('gemm', 64, 64): Tile(128, 64, 32, 4, 4),
     ('gemm', 64, 256): Tile(128, 64, 32, 4, 4),
     ('gemm', 128, 256): Tile(128, 64, 32, 4, 4),
@@ -256,14 +263,16 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, row
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=['H', 'W', 'Ho', 'Wo'],
-            do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
-def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C, N, stride_wk,
-                        stride_wn, H, W, Ho, Wo, STRIDE: tl.constexpr, IEEE: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+@triton.jit(do_not_specialize=['H', 'W', 'Ho', 'Wo', 'max_rows'],
+            do_not_specialize_on_alignment=['rows_ptr', 'count_ptr', 'sem_ptr'])
+def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, part_ptr, sem_ptr,
+                        C, N, stride_wk, stride_wn, H, W, Ho, Wo, max_rows,
+                        STRIDE: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                         PDL: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     grid_dependency(PDL)
     count = tl.load(count_ptr)
     if pid_m * BLOCK_M >= count:
@@ -279,10 +288,12 @@ def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
 
-    # One loop over (tap, channel block): the pipeliner prefetches across taps as well.
+    # One loop over (tap, channel block): the pipeliner prefetches across taps as well. With
+    # SPLIT_K, this program takes the pid_k-th part of the loop.
     k_tiles = tl.cdiv(C, BLOCK_K)
+    steps = tl.cdiv(9 * k_tiles, SPLIT_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for it in range(0, 9 * k_tiles):
+    for it in range(pid_k * steps, tl.minimum(pid_k * steps + steps, 9 * k_tiles)):
         tap = it // k_tiles
         c0 = (it - tap * k_tiles) * BLOCK_K
         dy = tap // 3
@@ -299,11 +310,26 @@ def conv3x3_rows_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows_ptr, count_ptr, C,
                      + offs_n[None, :] * stride_wn, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, wb, acc, IEEE)
 
+    out_offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    out_ok = m_ok[:, None] & n_ok[None, :]
+    if SPLIT_K > 1:
+        # Each part stores its fp32 sum; the last of the tile's parts to arrive adds them up
+        # in part order (the same result whichever arrives last) and leaves the tile's
+        # semaphore at zero again for the next launch.
+        slab = max_rows.to(tl.int64) * N
+        tl.store(part_ptr + pid_k * slab + out_offs, acc, mask=out_ok)
+        tl.debug_barrier()  # every thread's part is written before the release below
+        sem = sem_ptr + pid_m * tl.num_programs(1) + pid_n
+        if tl.atomic_add(sem, 1, sem='acq_rel') < SPLIT_K - 1:
+            return
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for part in tl.static_range(SPLIT_K):
+            acc += tl.load(part_ptr + part * slab + out_offs, mask=out_ok, other=0.0,
+                           cache_modifier='.cg')  # from L2: other SMs wrote them
+        tl.atomic_xchg(sem, 0)
     acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc = tl.maximum(acc, 0.0)
-    out_offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
 
 
 def _ieee(dtype, ieee):
@@ -348,15 +374,27 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
 
 
 def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, ieee=None,
-                 tile=None):
+                 tile=None, semaphores=None):
     """``out[m] = relu(conv3x3(x)[rows[m]] + bias)`` (x: channels-last rows of the conv1 map,
     ``w``: ``(9 * C, N)``, any strides, with K ordered (dy, dx, c); other args as
-    ``rows_gemm``)."""
+    ``rows_gemm``). A tile with ``split_k`` > 1 adds fp32 partial sums (``split_k`` x
+    ``max_rows`` x N) and one int32 semaphore per output tile: ``semaphores``, zeros that the
+    launch leaves at zero (default: ``counters.zeroed_semaphores``)."""
     c, n = w.shape[0] // 9, w.shape[1]
     t = tile or tile_config('conv3x3', n, w.shape[0], x.dtype, x.device, max_rows)
-    grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n))
+    grid = (triton.cdiv(max_rows, t.block_m), triton.cdiv(n, t.block_n), t.split_k)
+    if t.split_k > 1:
+        part = torch.empty(t.split_k, max_rows, n, dtype=torch.float32, device=x.device)
+        sem = semaphores if semaphores is not None else zeroed_semaphores(grid[0] * grid[1],
+                                                                           x.device)
+        if sem.numel() < grid[0] * grid[1] or sem.dtype != torch.int32:
+            raise ValueError(f'semaphores: {grid[0] * grid[1]} int32 needed, got '
+                             f'{sem.numel()} {sem.dtype}')
+    else:
+        part, sem = out, count  # not read
     pdl = use_pdl(x.device)
     conv3x3_rows_kernel[grid](
-        x, w, bias, out, rows, count, c, n, *w.stride(), *in_hw, *out_hw, STRIDE=stride,
-        IEEE=_ieee(x.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl)
+        x, w, bias, out, rows, count, part, sem, c, n, *w.stride(), *in_hw, *out_hw, max_rows,
+        STRIDE=stride, IEEE=_ieee(x.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k, SPLIT_K=t.split_k, PDL=pdl, num_warps=t.num_warps,
+        num_stages=t.num_stages, launch_pdl=pdl)
