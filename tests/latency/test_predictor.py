@@ -72,8 +72,9 @@ def test_rows_schedule_launches_what_the_triton_backend_launches():
     kernels = las_kernels(STAGE3, 2, 0.5, 'rows')
     assert [k.name for k in kernels] == ['indices', 'conv1', 'conv2', 'conv3', 'residual_relu']
     conv1 = next(k for k in kernels if k.name == 'conv1')
-    # every pixel, tiles of 16 whole cells a cell row (38 -> 48 cells), the masker's program
-    assert conv1.M == 25 * 48 * 4 and conv1.N == 256 + 16
+    # every pixel, tiles of 16 whole cells consecutive over cell rows (950 -> 960 cells),
+    # the masker's program
+    assert conv1.M == 960 * 4 and conv1.N == 256 + 16
     pinned = las_kernels(STAGE3, 2, 0.5, SCHEDULES['rows'].replace(with_masker=False))
     assert next(k for k in pinned if k.name == 'conv1').N == 256
     unfused = las_kernels(STAGE3, 7, 0.5, 'rows')

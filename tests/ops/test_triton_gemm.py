@@ -127,9 +127,10 @@ def test_conv3x3_rows_split_k_sums_its_parts_in_a_fixed_order(split_k, dtype):
             graph_out = torch.full_like(first, float('nan'))
             sems = counters.zeroed_semaphores(64, dev)
             run()  # compiled outside the capture
+            bias_dev = bias.to(DEVICE, dtype)  # (no host copy inside a capture)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                conv3x3_rows(x_rows, w_kn, bias.to(DEVICE, dtype), graph_out, rows, count,
+                conv3x3_rows(x_rows, w_kn, bias_dev, graph_out, rows, count,
                              batch * h * w, (h, w), (h, w), stride, ieee=True, tile=tile)
             for _ in range(3):
                 graph.replay()
