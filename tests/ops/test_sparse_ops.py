@@ -494,8 +494,9 @@ def test_weight_layout_per_backend_and_dtype():
 
 def test_counters_come_from_one_zeroed_tensor_per_forward(monkeypatch):
     """Inside ``counters_for`` requests are consecutive zeroed slices of one tensor (fresh
-    zeros outside it or past its end); a Triton backbone forward hands every block a slice of
-    one tensor, and its output equals the dense-masked one."""
+    zeros outside it or past its end), and semaphore requests all get the one region after the
+    counters (fresh when larger); a Triton backbone forward hands every block a slice of one
+    tensor, and its output equals the dense-masked one."""
     from lasnet_mmdet.ops import counters
     assert counters.zeroed_counters(3, torch.device('cpu')).tolist() == [0, 0, 0]
     with counters.counters_for(6, torch.device('cpu')):
@@ -511,7 +512,8 @@ def test_counters_come_from_one_zeroed_tensor_per_forward(monkeypatch):
         s2 = counters.zeroed_semaphores(2, torch.device('cpu'))
         big = counters.zeroed_semaphores(5, torch.device('cpu'))
         assert s1._base is a._base and s1.data_ptr() == s2.data_ptr() != a.data_ptr()
-        assert s1.tolist() == [0] * 4 and counters.zeroed_counters(1, torch.device('cpu'))._base is None
+        assert s1.tolist() == [0] * 4
+        assert counters.zeroed_counters(1, torch.device('cpu'))._base is None  # counters full
         assert big._base is None and big.tolist() == [0] * 5
     assert counters.zeroed_semaphores(2, torch.device('cpu'))._base is None
 

@@ -17,11 +17,12 @@ will read. Here one launch reads ``x`` once for both:
   (``counts[1]``), one atomic add each per program, as ``compact.compact_rows`` does.
 
 An M tile is ``BLOCK_M / window**2`` whole cells (consecutive over image, cell row and cell
-column), their pixels cell by cell, so each cell's logits are a reduction inside one program (no atomics on logits: the decision
-is deterministic). Windows of 1, 2, 4 and 8 pixels fit (``FUSED_MASKER_WINDOWS``); others run
-the masker, ``compact_rows`` and the gathered conv1 apart (``launcher``). ``PINNED``: the decision
-comes from a given mask (benchmarks pin masks at exactly r), the logits are still computed
-when ``DECIDE`` (their cost is real), else skipped.
+column), their pixels cell by cell, so each cell's logits are a reduction inside one program
+(no atomics on logits: the decision is deterministic); only the last tile is padded. Windows
+of 1, 2, 4 and 8 pixels fit (``FUSED_MASKER_WINDOWS``); others run the masker,
+``compact_rows`` and the gathered conv1 apart (``launcher``). ``PINNED``: the decision comes
+from a given mask (benchmarks pin masks at exactly r), the logits are still computed when
+``DECIDE`` (their cost is real), else skipped.
 """
 import torch
 import triton
@@ -167,8 +168,7 @@ def conv1_masker(x, w1, b1, mid, masker_w, masker_b, coarse, active, counts, win
     conv1_masker_kernel[(m_tiles * (n_tiles + 1), )](
         x, w1, b1, mid, masker_w, masker_b, coarse if pin is None else pin, coarse, active,
         counts, c, n, *w1.stride(), height, width, h, w, n_cells, *out_hw, active.numel(),
-        WIN=window,
-        S=granularity, N_TILES=n_tiles, DECIDE=decide, PINNED=pin is not None,
+        WIN=window, S=granularity, N_TILES=n_tiles, DECIDE=decide, PINNED=pin is not None,
         IEEE=_ieee(x.dtype, ieee),
         # fp32 logits in full precision whatever conv1 uses, as the standalone masker's FMAs
         MASKER_IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=t.block_n,
