@@ -38,7 +38,7 @@ def counters_for(n, device, semaphores=0):
 def zeroed_counters(n, device):
     """``n`` zeroed int32 counters on ``device``: the next slice of the current pool, or fresh."""
     pool = getattr(_current, 'pool', None)
-    if pool is None or pool[1] + n > pool[2] or pool[0].device != device:
+    if pool is None or pool[1] + n > pool[2] or not _on(pool[0], device):
         return torch.zeros(n, dtype=torch.int32, device=device)
     start = pool[1]
     pool[1] = start + n
@@ -49,6 +49,14 @@ def zeroed_semaphores(n, device):
     """``n`` zeroed int32 semaphores on ``device`` that the caller's launch leaves at zero: the
     current pool's shared region, or fresh."""
     pool = getattr(_current, 'pool', None)
-    if pool is None or pool[2] + n > pool[0].numel() or pool[0].device != device:
+    if pool is None or pool[2] + n > pool[0].numel() or not _on(pool[0], device):
         return torch.zeros(n, dtype=torch.int32, device=device)
     return pool[0][pool[2]:pool[2] + n]
+
+
+def _on(t, device):
+    """Whether ``t`` is on ``device`` ('cuda' without an index: the current CUDA device)."""
+    device = torch.device(device)
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())
+    return t.device == device

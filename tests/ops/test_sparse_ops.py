@@ -516,6 +516,8 @@ def test_counters_come_from_one_zeroed_tensor_per_forward(monkeypatch):
         assert counters.zeroed_counters(1, torch.device('cpu'))._base is None  # counters full
         assert big._base is None and big.tolist() == [0] * 5
     assert counters.zeroed_semaphores(2, torch.device('cpu'))._base is None
+    with counters.counters_for(3, 'cpu'):  # a device given by name is the same device
+        assert counters.zeroed_counters(3, 'cpu')._base is not None
 
     import lasnet_mmdet.ops.triton.launcher as launcher
     taken = []

@@ -110,8 +110,7 @@ def test_conv3x3_rows_split_k_sums_its_parts_in_a_fixed_order(split_k, dtype):
                      (h, w), (h, w), stride, ieee=True, tile=tile)
         return out
 
-    dev = x_rows.device  # (the pool is matched on the device with its index, as the backbone
-    # passes it)
+    dev = x_rows.device
     with counters.counters_for(3, dev, semaphores=64):
         first, second = run(), run()
         pool = counters.zeroed_semaphores(64, dev)
