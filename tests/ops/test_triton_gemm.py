@@ -121,6 +121,10 @@ def test_conv3x3_rows_split_k_sums_its_parts_in_a_fixed_order(split_k, dtype):
     assert not got.isnan().any()
     assert _rel_err(got, want) < _tol(dtype, True)
     assert first[rows.numel():].isnan().all()
+    with pytest.raises(ValueError, match='semaphores: .* int32 needed, got 1 torch.int32'):
+        conv3x3_rows(x_rows, w_kn, bias.to(DEVICE, dtype), first, rows, count, batch * h * w,
+                     (h, w), (h, w), stride, tile=tile,
+                     semaphores=torch.zeros(1, dtype=torch.int32, device=DEVICE))
     if CUDA:  # replays of a captured launch: the semaphores are reset every time
         with counters.counters_for(3, dev, semaphores=64):
             graph_out = torch.full_like(first, float('nan'))
