@@ -18,7 +18,9 @@ matches the dense one to 1e-4), else TF32 as cuDNN's convs do under ``allow_tf32
 * ``conv3x3_rows_kernel``: conv2 for the active output rows, one K loop over the nine taps x
   the input channels (a single loop, so loads are software-pipelined across taps too); each
   tap is gathered from the conv1 map (zero outside the image, exactly the dense zero padding),
-  output written compact.
+  output written compact. Programs take their output tiles N tile first (``_tile_of_program``),
+  so programs that run side by side share their A rows; a tile with ``split_k`` > 1 shares
+  its K loop among that many programs.
 
 Tile configs (no autotuning): ``tile_config`` picks (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 from the kernel, N, K, the dtype and the GPU's compute capability, from a table measured once
