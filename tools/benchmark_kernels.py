@@ -22,7 +22,7 @@ work). Per stage: the stage's blocks (3, 4, 23, 3) summed.
 ``SPLIT_CANDIDATES``) on every layer and every batch,
 picks per (kernel, N, K) and batch the tile with the smallest geometric mean of time / best
 time over the layers of that key, and prints the table to paste into
-``lasnet_mmdet/ops/triton/gemm.py`` (``HOPPER_16BIT`` / ``HOPPER_32BIT`` for sm_90; or point
+``lasnet_mmdet/ops/tiles.py`` (``HOPPER_16BIT`` / ``HOPPER_32BIT`` for sm_90; or point
 ``LASNET_TRITON_TILES`` at the ``--json`` file): where the smallest and the largest batch pick
 different tiles, a ``Tiles`` entry switches between them at the geometric mean of their
 largest row counts. CUDA only. (An earlier version also timed the nested-loop conv3x3 kernel
