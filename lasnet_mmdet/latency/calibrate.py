@@ -36,7 +36,7 @@ from .predictor import (ARCH, BlockShape, Kernel, _conv, compiled_static_kernels
 FIT_KEYS = {'cpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us', 'layout', 'alloc',
                     'pool', 'blas'),
             'gpu': ('compute', 'memory', 'gather', 'small_dim', 'launch_us', 'layout', 'vendor',
-                    'compiled')}
+                    'compiled', 'later_round')}
 # Offsets so that parameters whose best value may be 0 live on a log scale too.
 _LOG_OFFSET = dict(small_dim=1.0, launch_us=0.1)
 
@@ -175,7 +175,8 @@ def memory_benchmarks(device, dtype, numel=None):
 
 
 def block_benchmarks(shape_hw, device, dtype, schedule, backend='auto',
-                     points=((1, 0.25, True), (4, 0.5, True), (8, 0.75, True), (4, 0.5, False)),
+                     points=((1, 0.25, True), (4, 0.5, True), (2, 0.65, True), (8, 0.75, True),
+                             (4, 0.9, True), (4, 0.5, False)),
                      stages=(0, 1, 2, 3), sparse=True):
     """The stem, dense bottlenecks (eager mmdet) and sparse LAS blocks at a few (S, r) per
     stage, each with the masker's launch fused into conv1's where the backend does that, and

@@ -39,12 +39,16 @@ DTYPE_BYTES = {'fp32': 4, 'fp16': 2, 'bf16': 2}
 #                 kernels, another efficiency curve
 #   compiled:     speed of the convs of the deployed dense network on a GPU (the ones
 #                 ``torch.compile`` max-autotune picks per layer), relative to ``compute``
+#   later_round:  cost of each further round of a Triton row kernel's programs over the SMs,
+#                 relative to the first (programs that share an SM hide part of each
+#                 other's latency, so a round costs less than the first)
 DEFAULT_EFFICIENCY = dict(compute=0.6, memory=0.8, gather=0.5, small_dim=0.0, launch_us=5.0,
-                          layout=0.5, alloc=0.2, pool=1.0, blas=1.0, vendor=1.0, compiled=1.0)
+                          layout=0.5, alloc=0.2, pool=1.0, blas=1.0, vendor=1.0, compiled=1.0,
+                          later_round=0.5)
 EFFICIENCY_BOUNDS = dict(compute=(1e-3, 1.0), memory=(1e-3, 1.0), gather=(1e-3, 1.0),
                          small_dim=(0.0, 4096.0), launch_us=(0.0, 1e4), layout=(1e-3, 1.0),
                          alloc=(1e-3, 1.0), pool=(1e-3, 1.0), blas=(0.05, 4.0),
-                         vendor=(0.05, 4.0), compiled=(0.05, 4.0))
+                         vendor=(0.05, 4.0), compiled=(0.05, 4.0), later_round=(0.05, 1.0))
 
 
 class ProfileError(ValueError):
@@ -58,7 +62,9 @@ class HardwareProfile:
     GPU fields: ``sms``, ``clock_ghz``, ``fp32_tflops`` (CUDA cores), ``tensor_tflops``
     (dense fp16/bf16 tensor cores; 2x fp32 on GPUs without them), ``dram_gbps``,
     ``onchip_gbps`` (L2), ``tile`` (output tile edge of the GEMM kernels, for tile and wave
-    quantisation). CPU fields: ``cores``, ``core_gflops`` (fp32 peak per core), ``dram_gbps``.
+    quantisation), ``compute_capability`` ('9.0': which tile table the Triton row kernels
+    use, ``ops.tiles``) and ``smem_per_sm_kb`` (shared memory per SM: how many of their
+    programs an SM holds at once). CPU fields: ``cores``, ``core_gflops`` (fp32 peak per core), ``dram_gbps``.
     """
     name: str
     kind: str
@@ -71,6 +77,8 @@ class HardwareProfile:
     tensor_tflops: float = 0.0
     onchip_gbps: float = 0.0
     tile: int = 128
+    compute_capability: str = ''
+    smem_per_sm_kb: float = 0.0
     # CPU
     cores: int = 0
     core_gflops: float = 0.0
@@ -129,6 +137,12 @@ def validate(profile):
                 ('dram_gbps', 'cores', 'core_gflops'))
     for name in required:
         _positive(profile, name)
+    cc = profile.compute_capability
+    if cc and not (isinstance(cc, str) and cc.replace('.', '', 1).isdigit()):
+        raise ProfileError(f'profile {profile.name!r}: compute_capability must be like '
+                           f"'9.0' (or empty), got {cc!r}")
+    if profile.smem_per_sm_kb:
+        _positive(profile, 'smem_per_sm_kb')
     unknown = set(profile.efficiency) - set(DEFAULT_EFFICIENCY)
     if unknown:
         raise ProfileError(f'profile {profile.name!r}: unknown efficiency keys {sorted(unknown)}')
@@ -140,34 +154,40 @@ def validate(profile):
                                f'[{low}, {high}], got {value!r}')
 
 
-# Public data-sheet figures (boost clocks; dense tensor throughput, no sparsity). On-chip (L2)
-# bandwidth is not on data sheets: these are round estimates from published micro-benchmarks.
+# Public data-sheet figures (boost clocks; dense tensor throughput, no sparsity; shared memory
+# per SM). On-chip (L2) bandwidth is not on data sheets: these are round estimates from
+# published micro-benchmarks.
 # Launch overheads are typical eager-mode costs, refined by calibration.
 PRESETS = {
     'v100': HardwareProfile(
         name='v100', kind='gpu', dtype='fp32', sms=80, clock_ghz=1.53, fp32_tflops=15.7,
         tensor_tflops=125.0, dram_gbps=900.0, onchip_gbps=2500.0, tile=128,
+        compute_capability='7.0', smem_per_sm_kb=96,
         efficiency=dict(compute=0.5, memory=0.8, gather=0.35, launch_us=6.0),
         notes='Tesla V100 SXM2 16/32 GB (data sheet); L2 bandwidth estimated. fp32 by '
               'default, as LASNet/LAUDNet measured and simulated it'),
     'a100': HardwareProfile(
         name='a100', kind='gpu', dtype='fp16', sms=108, clock_ghz=1.41, fp32_tflops=19.5,
         tensor_tflops=312.0, dram_gbps=2039.0, onchip_gbps=5000.0, tile=128,
+        compute_capability='8.0', smem_per_sm_kb=164,
         efficiency=dict(compute=0.5, memory=0.8, gather=0.35, launch_us=5.0),
         notes='A100 SXM4 80 GB (data sheet); L2 bandwidth estimated'),
     'h100': HardwareProfile(
         name='h100', kind='gpu', dtype='fp16', sms=132, clock_ghz=1.98, fp32_tflops=67.0,
         tensor_tflops=989.0, dram_gbps=3350.0, onchip_gbps=10000.0, tile=128,
+        compute_capability='9.0', smem_per_sm_kb=228,
         efficiency=dict(compute=0.4, memory=0.8, gather=0.35, launch_us=5.0),
         notes='H100 SXM5 80 GB (data sheet); L2 bandwidth estimated'),
     'rtx3090': HardwareProfile(
         name='rtx3090', kind='gpu', dtype='fp16', sms=82, clock_ghz=1.695, fp32_tflops=35.6,
         tensor_tflops=71.0, dram_gbps=936.0, onchip_gbps=2000.0, tile=128,
+        compute_capability='8.6', smem_per_sm_kb=100,
         efficiency=dict(compute=0.5, memory=0.8, gather=0.35, launch_us=5.0),
         notes='GeForce RTX 3090 (data sheet; fp16 tensor with fp32 accumulate); L2 estimated'),
     'tx2': HardwareProfile(
         name='tx2', kind='gpu', dtype='fp32', sms=2, clock_ghz=1.30, fp32_tflops=0.665,
         tensor_tflops=1.33, dram_gbps=59.7, onchip_gbps=200.0, tile=64,
+        compute_capability='6.2', smem_per_sm_kb=64,
         efficiency=dict(compute=0.5, memory=0.7, gather=0.35, launch_us=20.0),
         notes='Jetson TX2 (Pascal, 256 CUDA cores; no tensor cores: fp16 at 2x fp32); fp32 by '
               'default, as LASNet/LAUDNet measured and simulated it'),

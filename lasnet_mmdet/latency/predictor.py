@@ -31,11 +31,15 @@ from dataclasses import dataclass, replace
 from ..ops.geometry import coarse_grid_size, conv_out
 from ..ops.torch_backend import DENSE_BLOCK_ABOVE, DENSE_CONV1_ABOVE, INDEX_OPS, ONEDNN_MIN_ROWS
 from ..ops import FUSED_MASKER_WINDOWS, TRITON_INDEX_OPS
+from ..ops.tiles import table_tile
 from .hardware import DTYPE_BYTES, load_profile
 
 # Cost of each GPU wave of tiles after the first, relative to the first (H100, Triton GEMMs
 # at batch 1: latency rises smoothly, not in steps, where the tile count crosses the SM count).
 LATER_WAVE_COST = 0.5
+# Shared memory the GPU reserves per resident program, and threads an SM holds (sm_70+).
+SMEM_RESERVED_PER_PROGRAM = 1024
+MAX_THREADS_PER_SM = 2048
 # Rows of the fused masker + conv1 launch's M tile taken by the model (the kernels' tables
 # pick 64 or 128 per layer).
 FUSED_TILE_ROWS = 64
@@ -60,6 +64,9 @@ class Schedule:
     # The masker decides in conv1's launch, which runs on every pixel and appends the row
     # list (ops.triton.conv1_masker), for windows (stride x S) in ``FUSED_MASKER_WINDOWS``.
     masker_in_conv1: bool = False
+    # Stage outputs go to NCHW through a tiled transpose that streams at DRAM speed
+    # (ops.triton.layout); else through PyTorch's strided copy (the ``layout`` efficiency).
+    streamed_nchw_outputs: bool = False
 
     def replace(self, **kwargs):
         return replace(self, **kwargs)
@@ -75,7 +82,7 @@ SCHEDULES = {
     # max-pool in one pass; the masker and the row list inside conv1's launch, where the
     # window fits).
     'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True, stem_pool_fused=True,
-                     masker_in_conv1=True),
+                     masker_in_conv1=True, streamed_nchw_outputs=True),
     # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, BLAS below ONEDNN_MIN_ROWS rows;
     # fresh outputs), explicit gathers into reused workspace buffers, index_add, ReLU passes,
     # small ops to build the row lists, BN folded everywhere, the masker as avg-pool + 1x1
@@ -147,6 +154,7 @@ class Kernel:
     launches: int = 1           # ops it stands for (each pays the launch cost)
     blas: bool = False          # CPU: a BLAS GEMM (efficiency ``blas`` x ``compute``)
     tile_rows: int = 0          # GPU: the rows the tile is picked for, if not M (see _gemm)
+    tile_kind: str = ''         # GPU: the Triton row kernel ('gemm' / 'conv3x3', ops.tiles)
     vendor: bool = False        # GPU: a dense cuDNN conv (``vendor`` x ``compute``)
     compiled: bool = False      # GPU: a conv of the compiled dense network (``compiled``)
 
@@ -183,11 +191,12 @@ def _gemm_compute_s(kernel, profile, dtype):
     onchip = profile.onchip_gbps * 1e9
     nbytes = DTYPE_BYTES[dtype]
 
-    def tile_time(rows, tm, tn):
+    def tile_time(rows, tm, tn, waves=None):
         tiles = math.ceil(rows / tm) * math.ceil(N / tn)
-        # Wave quantisation, softened: tiles that share an SM overlap each other's memory
-        # latency, so each wave after the first costs a fraction of the first.
-        waves = 1 + (math.ceil(tiles / profile.sms) - 1) * LATER_WAVE_COST
+        if waves is None:
+            # Wave quantisation, softened: tiles that share an SM overlap each other's memory
+            # latency, so each wave after the first costs a fraction of the first.
+            waves = 1 + (math.ceil(tiles / profile.sms) - 1) * LATER_WAVE_COST
         t_comp = waves * 2.0 * tm * tn * K / per_sm
         # Every N-tile re-reads its A rows and every M-tile its B columns from L2.
         t_l2 = (rows * K * math.ceil(N / tn) + K * N * math.ceil(rows / tm)) * nbytes / onchip
@@ -201,11 +210,36 @@ def _gemm_compute_s(kernel, profile, dtype):
         # (H100: the block's cost at r = 0.1 is most of its cost at r = 0.5). Modelled as the
         # large tile (N-wide up to it) unless the whole dense layer is under a quarter wave
         # of small tiles; picked by the fit to the H100 block measurements (docs/latency.md).
+        # Its waves are the rounds of the programs the kernel really launches (below).
         if kernel.tile_rows * N <= profile.sms * small * small / 4:
-            tiles = [(small, small)]
+            tm, tn = small, small
         else:
-            tiles = [(large, large if N >= large else small)]
+            tm, tn = large, large if N >= large else small
+        return tile_time(M, tm, tn, _row_kernel_waves(kernel, profile, dtype))
     return min(tile_time(M, tm, tn) for tm, tn in tiles)
+
+
+def _row_kernel_waves(kernel, profile, dtype):
+    """Rounds of the programs a Triton row kernel launches over the SMs, each after the first
+    at ``later_round`` of its cost: its tile from the kernels' own table for the profile's GPU
+    (``ops.tiles``, split K included), as many programs per SM as their pipeline buffers fit
+    in shared memory. Where a mask's rows cross a multiple of that, the block's time steps
+    (H100, batch 1: stage 3 from 36 to 44 us between r = 0.5 and 0.6, conv2's 360 -> 432
+    programs on 3 x 132 slots)."""
+    cc = profile.compute_capability
+    major = int(float(cc)) if cc else None
+    fp32 = dtype == 'fp32'
+    tile = table_tile(kernel.tile_kind, kernel.N, kernel.K, fp32, major, kernel.tile_rows)
+    programs = (math.ceil(kernel.M / tile.block_m) * math.ceil(kernel.N / tile.block_n)
+                * tile.split_k)
+    per_sm = 1
+    if profile.smem_per_sm_kb:
+        buffers = tile.num_stages * (tile.block_m + tile.block_n) * tile.block_k
+        smem = buffers * (4 if fp32 else 2) + SMEM_RESERVED_PER_PROGRAM
+        per_sm = max(1, min(int(profile.smem_per_sm_kb * 1024) // smem,
+                            MAX_THREADS_PER_SM // (32 * tile.num_warps)))
+    rounds = math.ceil(programs / (profile.sms * per_sm))
+    return 1 + (rounds - 1) * profile.efficiency['later_round']
 
 
 def kernel_time(kernel, profile, dtype=None):
@@ -415,7 +449,8 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
     return ks
 
 
-def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None, tile_rows=0):
+def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None, tile_rows=0,
+          tile_kind='gemm'):
     """A conv GEMM (+ its BN / ReLU passes when the schedule does not fuse them).
     ``tile_rows``: the Triton row kernels pick their tile per layer from its dense row count
     (``ops.triton.gemm.Tiles``), not from the M of this mask."""
@@ -423,7 +458,7 @@ def _gemm(name, M, N, K, in_elems, schedule, b, gathered=False, m_pad=None, tile
                  bytes=(M * N + N * K + (0 if gathered else in_elems)) * b,
                  gathered_bytes=in_elems * b if gathered else 0.0,
                  alloc_bytes=_fresh(M * N * b), blas=M < schedule.blas_below_rows,
-                 tile_rows=tile_rows)]
+                 tile_rows=tile_rows, tile_kind=tile_kind if tile_rows else '')]
     if not schedule.bn_folded:
         ks.append(_eltwise(name + '.bn', M * N, b, fresh=True))
     if not schedule.epilogue_fused:
@@ -488,7 +523,7 @@ def _conv2_conv3_kernels(shape, schedule, b, n1, n2, mid, out_px):
     if schedule.gather_in_conv:
         # Implicit GEMM: the nine taps' re-reads hit on-chip memory; DRAM sees conv1's rows.
         ks += _gemm('conv2', n2, mid, 9 * mid, n1 * mid, schedule, b, gathered=True,
-                    tile_rows=out_px)
+                    tile_rows=out_px, tile_kind='conv3x3')
     else:
         ks.append(Kernel('gather2', bytes=9 * n2 * mid * b, gathered_bytes=9 * n2 * mid * b))
         ks += _gemm('conv2', n2, mid, 9 * mid, 9 * n2 * mid, schedule, b)
@@ -632,8 +667,9 @@ def predict_backbone(profile, in_h, in_w, granularity=None, rate=0.5, depth=101,
         for stage in range(4):
             shape = [s for st, _, s in shapes if st == stage][-1]
             elems = batch * shape.out_hw[0] * shape.out_hw[1] * shape.out_channels
+            layout = 0 if schedule.streamed_nchw_outputs else 2 * elems * b
             outputs += kernel_time(Kernel(f'layer{stage + 1}.to_nchw', bytes=2 * elems * b,
-                                          layout_bytes=2 * elems * b,
-                                          alloc_bytes=_fresh(elems * b)), profile, dtype)
+                                          layout_bytes=layout, alloc_bytes=_fresh(elems * b)),
+                                   profile, dtype)
     return dict(total=stem + sum(blocks) + outputs, stem=stem, blocks=blocks, stages=stages,
                 outputs=outputs)

@@ -54,6 +54,19 @@ def test_bad_efficiency_and_kind():
         HardwareProfile(name='x', kind='cpu', dram_gbps=10.0, core_gflops=10.0)
 
 
+@pytest.mark.parametrize('field,value,message', [
+    ('compute_capability', 'hopper', "compute_capability must be like '9.0'"),
+    ('compute_capability', 9.0, "compute_capability must be like '9.0'"),
+    ('smem_per_sm_kb', -228, 'smem_per_sm_kb must be a positive number')])
+def test_bad_kernel_figures_are_rejected(field, value, message):
+    data = PRESETS['h100'].to_dict()
+    data[field] = value
+    with pytest.raises(ProfileError, match=message):
+        load_profile(data)
+    data[field] = '' if field == 'compute_capability' else 0  # unknown: allowed
+    assert getattr(load_profile(data), field) == data[field]
+
+
 def test_json_round_trip(tmp_path):
     profile = PRESETS['a100'].with_efficiency(compute=0.42)
     path = tmp_path / 'a100.json'

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lasnet_mmdet.latency.hardware import PRESETS
-from lasnet_mmdet.latency.predictor import (SCHEDULES, BlockShape, Kernel, kernel_time,
-                                            las_kernels, needed_fraction, predict_backbone,
+from lasnet_mmdet.latency.predictor import (SCHEDULES, BlockShape, Kernel, _row_kernel_waves,
+                                            kernel_time, las_kernels, needed_fraction, predict_backbone,
                                             predict_las_block, predict_static_block,
                                             resnet_block_shapes)
 from lasnet_mmdet.models.layers.masker import (coarse_grid_size, dilate_mask,
@@ -49,6 +49,24 @@ def test_wave_quantisation():
     # (a partial wave), a second full wave less than the first (tiles sharing SMs overlap).
     assert one_more > (1 + 5 / h100.sms) * one_wave
     assert 1.4 * one_wave < two_waves < 2 * one_wave
+
+
+def test_row_kernels_run_in_rounds_of_their_real_programs():
+    """The Triton row kernels' waves are rounds of the programs their own tile table launches:
+    stage 3's conv2 at batch 1 (64 x 64 tiles, K split 3 ways, 64 KiB of pipeline buffers: 3
+    programs an SM) is 360 programs at r = 0.5 (one round on 132 x 3 slots), 432 at r = 0.6
+    (two); the block's predicted time steps there, as measured on the H100 (36 -> 44 us)."""
+    h100 = PRESETS['h100']
+    conv2 = dict(name='conv2', N=256, K=9 * 256, tile_rows=50 * 76, tile_kind='conv3x3')
+    assert _row_kernel_waves(Kernel(M=1900, **conv2), h100, 'fp16') == 1
+    later = h100.efficiency['later_round']
+    assert _row_kernel_waves(Kernel(M=2280, **conv2), h100, 'fp16') == 1 + later
+    # Without the shared-memory figure one program an SM: 360 programs are three rounds.
+    no_smem = replace(h100, smem_per_sm_kb=0)
+    assert _row_kernel_waves(Kernel(M=1900, **conv2), no_smem, 'fp16') == 1 + 2 * later
+    # Whole blocks: the step between r = 0.5 and 0.6 is larger than the steps beside it.
+    t = [predict_las_block(STAGE3, 2, r, h100, 'rows', 'fp16') for r in (0.4, 0.5, 0.6, 0.7)]
+    assert t[2] - t[1] > 3 * max(t[1] - t[0], t[3] - t[2])
 
 
 def test_tensor_cores_and_fusion_pay():
@@ -193,3 +211,19 @@ def test_torch_schedule_reads_the_ops_constants():
     for name in ('DENSE_CONV1_ABOVE', 'INDEX_OPS', 'ONEDNN_MIN_ROWS', 'DENSE_BLOCK_ABOVE'):
         assert getattr(predictor, name) is getattr(torch_backend, name)
     assert predictor.TRITON_INDEX_OPS is ops.TRITON_INDEX_OPS
+
+
+def test_predictor_reads_the_kernels_tile_table_without_triton():
+    """The tile tables are data (``ops.tiles``): the predictor models the row kernels' real
+    programs on a machine without Triton too."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "from lasnet_mmdet.ops.tiles import Tile, table_tile\n"
+            "assert table_tile('conv3x3', 256, 2304, False, 9, 3800) == Tile(64, 64, 64, 4, 4, 3)\n"
+            "assert table_tile('conv3x3', 256, 2304, False, None, 3800) == Tile(128, 128, 64, 8, 3)\n"
+            "from lasnet_mmdet.latency.predictor import BlockShape, predict_las_block\n"
+            "print(predict_las_block(BlockShape(1024, 256, 50, 76), 2, 0.5, 'h100', 'rows', 'fp16'))\n")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 0 < float(proc.stdout.split()[-1]) < 1e-3
