@@ -9,7 +9,8 @@ CONFIG is an mmdet config whose ``model.backbone`` is a LASResNet (random weight
 not depend on them). Every LAS mask is pinned at exactly ``--rate`` (seeded, kept on the
 device; ``LASResNet.pinned_masks(run_masker=True)``: the maskers still run, so their cost is
 timed). Times are medians of ``--repeats`` calls after ``--warmup`` rounds, all variants of a
-table called in turn (interleaved), synchronised on CUDA. For each ``--dtype`` x ``--batch``:
+table called in turn (interleaved; on CUDA the graph replays among themselves, then the eager
+calls: eager calls in between slowed the replays), synchronised on CUDA. For each ``--dtype`` x ``--batch``:
 
 * backbone (unless ``--no-backbone``; weights and input cast to the dtype): the dense
   baselines of ``lasnet_mmdet.benchmark.dense`` (mmdet NCHW; channels-last BN-folded; on CUDA
@@ -211,7 +212,7 @@ def macs_ratio(las):
 
 
 def bench_backbone(args, bcfg, dtype_name, batch):
-    from lasnet_mmdet.benchmark import (dense_twin, dense_variants, kernel_table,
+    from lasnet_mmdet.benchmark import (dense_twin, dense_variants, kernel_table, time_by_kind,
                                         time_interleaved)
     from mmdet.registry import MODELS
     device, dtype, cuda = args.device, DTYPES[dtype_name], args.device == 'cuda'
@@ -234,7 +235,7 @@ def bench_backbone(args, bcfg, dtype_name, batch):
         dense_fns = dense_variants(dense, x, compile=args.compile)
         with pinned(args.rate):
             las_fns = las_variants(las, las_masked, x, cuda)
-            ms = time_interleaved({**dense_fns, **las_fns}, device, args.warmup, args.repeats)
+            ms = time_by_kind({**dense_fns, **las_fns}, device, args.warmup, args.repeats)
             las(x)
             res['macs_ratio'] = macs_ratio(las)
             if args.profile_kernels:
@@ -252,8 +253,8 @@ def bench_backbone(args, bcfg, dtype_name, batch):
             res['curve'] = []
             for rate in args.rates:
                 with pinned(rate):
-                    t = time_interleaved({best: dense_fns[best], las_default: las_fns[las_default]},
-                                         device, args.warmup, args.repeats)
+                    t = time_by_kind({best: dense_fns[best], las_default: las_fns[las_default]},
+                                     device, args.warmup, args.repeats)
                     las(x)
                     res['curve'].append(dict(rate=rate, dense_ms=t[best], las_ms=t[las_default],
                                              ratio=t[las_default] / t[best],

@@ -190,3 +190,17 @@ def test_json_must_be_a_writable_file(tmp_path, capsys):
     assert parse('--json', str(out)).json == str(out)
     assert list(tmp_path.iterdir()) == []  # the check leaves nothing behind
     assert parse('--granularity', '4', '4', '7', '1').granularity == [4, 4, 7, 1]
+
+
+def test_time_by_kind_keeps_graph_replays_among_themselves():
+    """Graph replays are timed interleaved with each other only, never right after an eager
+    call (those slowed them on the H100); every variant is timed and keeps its name."""
+    from lasnet_mmdet.benchmark import time_by_kind
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name))
+           for name in ('nchw', 'nchw_graph', 'las_graph', 'las_eager')}
+    ms = time_by_kind(fns, 'cpu', warmup=1, repeats=3)
+    assert list(ms) == list(fns) and all(t >= 0 for t in ms.values())
+    graph_calls = [i for i, name in enumerate(calls) if name.endswith('_graph')]
+    assert graph_calls == list(range(len(graph_calls))) == list(range(8))
+    assert sorted(calls[8:]) == sorted(['nchw', 'las_eager'] * 4)
