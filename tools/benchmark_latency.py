@@ -10,7 +10,8 @@ not depend on them). Every LAS mask is pinned at exactly ``--rate`` (seeded, kep
 device; ``LASResNet.pinned_masks(run_masker=True)``: the maskers still run, so their cost is
 timed). Times are medians of ``--repeats`` calls after ``--warmup`` rounds, all variants of a
 table called in turn (interleaved; on CUDA the graph replays among themselves, then the eager
-calls: eager calls in between slowed the replays), synchronised on CUDA. For each ``--dtype`` x ``--batch``:
+calls: eager calls in between slowed the replays), synchronised on CUDA. For each ``--dtype``
+x ``--batch``:
 
 * backbone (unless ``--no-backbone``; weights and input cast to the dtype): the dense
   baselines of ``lasnet_mmdet.benchmark.dense`` (mmdet NCHW; channels-last BN-folded; on CUDA

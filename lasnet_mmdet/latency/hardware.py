@@ -64,7 +64,8 @@ class HardwareProfile:
     ``onchip_gbps`` (L2), ``tile`` (output tile edge of the GEMM kernels, for tile and wave
     quantisation), ``compute_capability`` ('9.0': which tile table the Triton row kernels
     use, ``ops.tiles``) and ``smem_per_sm_kb`` (shared memory per SM: how many of their
-    programs an SM holds at once). CPU fields: ``cores``, ``core_gflops`` (fp32 peak per core), ``dram_gbps``.
+    programs an SM holds at once). CPU fields: ``cores``, ``core_gflops`` (fp32 peak per
+    core), ``dram_gbps``.
     """
     name: str
     kind: str

@@ -6,8 +6,9 @@ import torch
 
 from lasnet_mmdet.latency.hardware import PRESETS
 from lasnet_mmdet.latency.predictor import (SCHEDULES, BlockShape, Kernel, _row_kernel_waves,
-                                            kernel_time, las_kernels, needed_fraction, predict_backbone,
-                                            predict_las_block, predict_static_block,
+                                            kernel_time, las_kernels, needed_fraction,
+                                            predict_backbone, predict_las_block,
+                                            predict_static_block,
                                             resnet_block_shapes)
 from lasnet_mmdet.models.layers.masker import (coarse_grid_size, dilate_mask,
                                                random_coarse_mask, upsample_mask)
@@ -220,10 +221,13 @@ def test_predictor_reads_the_kernels_tile_table_without_triton():
     import sys
     code = ("import sys; sys.modules['triton'] = None\n"
             "from lasnet_mmdet.ops.tiles import Tile, table_tile\n"
-            "assert table_tile('conv3x3', 256, 2304, False, 9, 3800) == Tile(64, 64, 64, 4, 4, 3)\n"
-            "assert table_tile('conv3x3', 256, 2304, False, None, 3800) == Tile(128, 128, 64, 8, 3)\n"
+            "hopper = table_tile('conv3x3', 256, 2304, False, 9, 3800)\n"
+            "assert hopper == Tile(64, 64, 64, 4, 4, 3), hopper\n"
+            "other = table_tile('conv3x3', 256, 2304, False, None, 3800)\n"
+            "assert other == Tile(128, 128, 64, 8, 3), other\n"
             "from lasnet_mmdet.latency.predictor import BlockShape, predict_las_block\n"
-            "print(predict_las_block(BlockShape(1024, 256, 50, 76), 2, 0.5, 'h100', 'rows', 'fp16'))\n")
+            "shape = BlockShape(1024, 256, 50, 76)\n"
+            "print(predict_las_block(shape, 2, 0.5, 'h100', 'rows', 'fp16'))\n")
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 0 < float(proc.stdout.split()[-1]) < 1e-3
