@@ -26,10 +26,10 @@ Tile configs (no autotuning): ``tile_config`` picks (BLOCK_M, BLOCK_N, BLOCK_K, 
 from the kernel, N, K, the dtype and the GPU's compute capability, from a table measured once
 per GPU architecture (``tools/benchmark_kernels.py --tune``; the tables live in ``ops.tiles``);
 where few and many rows want different tiles, the table switches at one row count, compared
-with the largest list the input's shape allows. So a layer compiles at most two variants per dtype, and a new image
-size never tunes anything: spatial sizes are runtime arguments that Triton does not
-specialise on (``do_not_specialize``), and the row-list pointers are not specialised on
-alignment (lists may be slices of one buffer). Under TRITON_INTERPRET=1 a single small tile
+with the largest list the input's shape allows. So a layer compiles at most two variants per
+dtype, and a new image size never tunes anything: spatial sizes are runtime arguments that
+Triton does not specialise on (``do_not_specialize``), and the row-list pointers are not
+specialised on alignment (lists may be slices of one buffer). Under TRITON_INTERPRET=1 a single small tile
 is used. ``LASNET_TRITON_TILES=FILE`` (the JSON that ``tools/benchmark_kernels.py --tune
 --json FILE`` writes on your GPU) overrides the table for the dtype it was tuned in (fp32, or
 fp16/bf16), e.g. on a GPU the table was not measured on.
