@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 from ..ops.geometry import coarse_grid_size, conv_out
 from ..ops.torch_backend import DENSE_BLOCK_ABOVE, DENSE_CONV1_ABOVE, INDEX_OPS, ONEDNN_MIN_ROWS
-from ..ops import FUSED_MASKER_WINDOWS, TRITON_INDEX_OPS
+from ..ops import FUSED_MASKER_WINDOWS, TRITON_INDEX_OPS, triton_fuses_downsample
 from ..ops.tiles import table_tile
 from .hardware import DTYPE_BYTES, load_profile
 
@@ -67,6 +67,10 @@ class Schedule:
     # Stage outputs go to NCHW through a tiled transpose that streams at DRAM speed
     # (ops.triton.layout); else through PyTorch's strided copy (the ``layout`` efficiency).
     streamed_nchw_outputs: bool = False
+    # A downsample block's 1x1 downsample conv runs in conv3's launch (ops.triton.gemm's
+    # ``downsample``) where ``ops.triton_fuses_downsample`` says so: its GEMM at every output
+    # row, its output never written.
+    downsample_in_conv3: bool = False
 
     def replace(self, **kwargs):
         return replace(self, **kwargs)
@@ -80,9 +84,10 @@ SCHEDULES = {
     # row lists compacted on the device, no halo recompute; residual add + ReLU in conv3,
     # whose launch also writes ReLU(residual) at the inactive rows; the stem's bias, ReLU and
     # max-pool in one pass; the masker and the row list inside conv1's launch, where the
-    # window fits).
+    # window fits; the downsample conv inside conv3's launch).
     'rows': Schedule(patch_tiles=False, relu_rest_in_conv3=True, stem_pool_fused=True,
-                     masker_in_conv1=True, streamed_nchw_outputs=True),
+                     masker_in_conv1=True, streamed_nchw_outputs=True,
+                     downsample_in_conv3=True),
     # lasnet_mmdet.ops torch backend: row GEMMs (oneDNN, BLAS below ONEDNN_MIN_ROWS rows;
     # fresh outputs), explicit gathers into reused workspace buffers, index_add, ReLU passes,
     # small ops to build the row lists, BN folded everywhere, the masker as avg-pool + 1x1
@@ -155,6 +160,7 @@ class Kernel:
     blas: bool = False          # CPU: a BLAS GEMM (efficiency ``blas`` x ``compute``)
     tile_rows: int = 0          # GPU: the rows the tile is picked for, if not M (see _gemm)
     tile_kind: str = ''         # GPU: the Triton row kernel ('gemm' / 'conv3x3', ops.tiles)
+    tile_k: int = 0             # GPU: the K its tile is looked up with, if not K
     vendor: bool = False        # GPU: a dense cuDNN conv (``vendor`` x ``compute``)
     compiled: bool = False      # GPU: a conv of the compiled dense network (``compiled``)
 
@@ -229,7 +235,8 @@ def _row_kernel_waves(kernel, profile, dtype):
     cc = profile.compute_capability
     major = int(float(cc)) if cc else None
     fp32 = dtype == 'fp32'
-    tile = table_tile(kernel.tile_kind, kernel.N, kernel.K, fp32, major, kernel.tile_rows)
+    tile = table_tile(kernel.tile_kind, kernel.N, kernel.tile_k or kernel.K, fp32, major,
+                      kernel.tile_rows)
     programs = (math.ceil(kernel.M / tile.block_m) * math.ceil(kernel.N / tile.block_n)
                 * tile.split_k)
     per_sm = 1
@@ -419,6 +426,16 @@ def _residual_kernels(shape, schedule, n_out_rows, b):
     cin, cout = shape.in_channels, shape.out_channels
     dense_out = out_px * cout
     ks = []
+    if (shape.downsample and schedule.downsample_in_conv3
+            and triton_fuses_downsample(out_px, cin, cout)):
+        # In conv3's launch: the x pixels at the conv's stride gathered, the GEMM at every
+        # output row (the active rows' K loop continues conv3's); the output written once.
+        active_out = n_out_rows * cout
+        return [Kernel('downsample', out_px, cout, cin, bytes=cin * cout * b,
+                       gathered_bytes=out_px * cin * b, launches=0, tile_rows=out_px,
+                       tile_kind='gemm', tile_k=shape.planes),  # conv3's tile
+                Kernel('residual_relu', bytes=(dense_out - active_out) * b,
+                       gathered_bytes=active_out * b, launches=0)]
     if shape.downsample:
         # Channels-last, a fresh tensor: the block's output. A cuDNN conv too, but the LAS
         # backbone fits better at the library kernels' efficiency (H100: +1.7 % vs +8.2 %

@@ -37,11 +37,30 @@ TRITON_INDEX_OPS = 1
 # Masker windows (stride x S pixels) that ``sparse_bottleneck_with_masker`` takes: whole
 # windows tile a GEMM's rows (64 at most, powers of two).
 FUSED_MASKER_WINDOWS = (1, 2, 4, 8)
+# A downsample block's 1x1 downsample conv runs in conv3's launch where its K is at most this
+# (memory-bound: its output's write and re-read are most of its cost) or its GEMM has at most
+# this many MACs (a launch and the round trip saved outweigh cuDNN's better rate on large
+# GEMMs). H100, fp16, ResNet-101's first blocks at 800x1216, r = 0.5 (docs/sparse_ops.md,
+# twelfth session): in the launch 56-60 us vs 62-72 at batch 1 (every stage: 0.5-2 G MACs);
+# at batch 8 stage 1 (K = 64) 388 vs 442 us, stages 2-4 (16 G MACs each) 413 / 277 / 230 us
+# vs 394 / 270 / 222 with cuDNN's conv.
+DOWNSAMPLE_IN_CONV3_MAX_K = 64
+DOWNSAMPLE_IN_CONV3_MAX_MACS = 2**32
 
 __all__ = ['BACKENDS', 'FUSED_MASKER_WINDOWS', 'TRITON_DTYPES', 'TRITON_INDEX_OPS',
            'FoldedBottleneck', 'fold_bottleneck', 'fold_conv', 'is_foldable_downsample',
            'resolve_backend', 'sparse_bottleneck', 'sparse_bottleneck_with_masker',
-           'triton_available', 'triton_interpreting', 'weight_layout']
+           'triton_available', 'triton_fuses_downsample', 'triton_interpreting',
+           'weight_layout']
+
+
+def triton_fuses_downsample(out_rows, in_channels, out_channels):
+    """Whether the Triton backend runs a block's 1x1 downsample conv (``out_rows`` output
+    pixels, ``in_channels`` -> ``out_channels``) inside conv3's launch, else as cuDNN's conv
+    (``DOWNSAMPLE_IN_CONV3_MAX_K``, ``DOWNSAMPLE_IN_CONV3_MAX_MACS``). A function of the
+    shape only, as the tiles are: the latency predictor reads it too."""
+    return (in_channels <= DOWNSAMPLE_IN_CONV3_MAX_K
+            or out_rows * in_channels * out_channels <= DOWNSAMPLE_IN_CONV3_MAX_MACS)
 
 
 def triton_available():

@@ -86,7 +86,8 @@ def test_rows_schedule_launches_what_the_triton_backend_launches():
     """Per identity block: conv1 with the masker and the row list in one launch (windows in
     ``FUSED_MASKER_WINDOWS``; else the masker, the compaction and a gathered conv1), conv2
     and conv3, which updates the block input in place at the active rows; a downsample
-    block's conv3 launch also writes ReLU(residual) off the mask."""
+    block's conv3 launch also runs the downsample conv, at every output row, and writes
+    ReLU(downsample) off the mask: the block output written once, no residual read."""
     from lasnet_mmdet.ops import TRITON_INDEX_OPS
     kernels = las_kernels(STAGE3, 2, 0.5, 'rows')
     assert [k.name for k in kernels] == ['indices', 'conv1', 'conv2', 'conv3', 'residual_relu']
@@ -105,8 +106,24 @@ def test_rows_schedule_launches_what_the_triton_backend_launches():
     dense_out = 2 * 50 * 76 * 1024 * 4  # read and written once each, fp32
     assert residual.bytes == 0 and residual.gathered_bytes == dense_out / 2  # r = 0.5
     first = BlockShape(512, 256, 100, 152, stride=2, downsample=True)
-    residual = next(k for k in las_kernels(first, 2, 0.5, 'rows') if k.name == 'residual_relu')
-    assert residual.bytes + residual.gathered_bytes == dense_out
+    first_kernels = las_kernels(first, 2, 0.5, 'rows')
+    assert [k.name for k in first_kernels][-3:] == ['conv3', 'downsample', 'residual_relu']
+    downsample = first_kernels[-2]
+    assert (downsample.M, downsample.N, downsample.K) == (50 * 76, 1024, 512)
+    assert downsample.launches == 0 and downsample.gathered_bytes == 50 * 76 * 512 * 4
+    residual = first_kernels[-1]
+    assert residual.bytes + residual.gathered_bytes == dense_out / 2  # written only
+    # as a launch of its own, a conv with its output: off in the schedule, or (as the
+    # backend does) where the GEMM is large and not memory-bound (batch 8: 16 G MACs)
+    for shape, schedule in ((first, SCHEDULES['rows'].replace(downsample_in_conv3=False)),
+                            (replace(first, batch=8), SCHEDULES['rows'])):
+        apart = las_kernels(shape, 2, 0.5, schedule)
+        assert next(k for k in apart if k.name == 'downsample').launches == 1
+        residual = next(k for k in apart if k.name == 'residual_relu')
+        assert residual.bytes + residual.gathered_bytes == dense_out * shape.batch
+    stage1 = BlockShape(64, 64, 200, 304, downsample=True, batch=8)  # K = 64: in the launch
+    assert next(k for k in las_kernels(stage1, 4, 0.5, 'rows')
+                if k.name == 'downsample').launches == 0
 
 
 def test_rows_schedule_runs_the_stem_epilogue_in_one_pass():

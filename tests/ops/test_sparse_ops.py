@@ -107,6 +107,23 @@ def test_triton_backend_matches_dense_masked(case, rate):
     _check('triton', case, rate, device=DEVICE)
 
 
+@pytest.mark.parametrize('rate', [0.5, 1.0])
+@pytest.mark.parametrize('case', [c for c in CASES if c[4]], ids=str)
+def test_triton_downsample_conv_apart_matches_dense_masked(case, rate, monkeypatch):
+    """The downsample conv as cuDNN's conv before conv3's launch, as for large GEMMs (the
+    test shapes are small: the launch would run it)."""
+    from lasnet_mmdet.ops.triton import launcher
+    monkeypatch.setattr(launcher, 'triton_fuses_downsample', lambda *shape: False)
+    _check('triton', case, rate, device=DEVICE)
+
+
+def test_downsample_conv_runs_in_conv3_where_memory_bound_or_small():
+    from lasnet_mmdet.ops import triton_fuses_downsample
+    assert triton_fuses_downsample(8 * 200 * 304, 64, 256)  # R101 stage 1, batch 8: K = 64
+    assert triton_fuses_downsample(50 * 76, 512, 1024)  # stage 3, batch 1: 2 G MACs
+    assert not triton_fuses_downsample(8 * 50 * 76, 512, 1024)  # batch 8: 16 G MACs
+
+
 @requires_cuda
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('case', CASES, ids=str)

@@ -20,8 +20,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 triton = pytest.importorskip('triton')
 
-from lasnet_mmdet.ops.triton.gemm import (HOPPER_16BIT, HOPPER_32BIT, Tile,  # noqa: E402
-                                          Tiles, conv3x3_rows, rows_gemm, tile_config)
+from lasnet_mmdet.ops.triton.gemm import (HOPPER_16BIT, HOPPER_32BIT,  # noqa: E402
+                                          Downsample, Tile, Tiles, conv3x3_rows, rows_gemm,
+                                          tile_config)
 
 CUDA = torch.cuda.is_available()
 DEVICE = 'cuda' if CUDA else 'cpu'
@@ -201,8 +202,51 @@ def test_rows_gemm_relu_rest_writes_the_whole_output(active, with_res_bias, dtyp
         want_off = (res[off].float() + res_bias.float()).relu().to(dtype)
         assert torch.equal(out[off], want_off)
     for kwargs in (dict(relu_rest=True), dict(res_bias=bias)):
-        with pytest.raises(ValueError, match='relu_rest and res_bias need res'):
+        with pytest.raises(ValueError, match='relu_rest and res_bias need res or downsample'):
             rows_gemm(a, w, bias, out, rows, count, total, False, True, **kwargs)
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('active', [0, 9, 'all'])
+def test_rows_gemm_runs_the_downsample_conv_in_its_launch(active, stride, dtype):
+    """A downsample block's conv3 launch: relu(conv3 + bias + downsample(x) + its bias) at
+    the active rows and relu(downsample(x) + its bias) at the others, the 1x1 conv read at its
+    stride from the channels-last block input (odd sizes: the last row and column count)."""
+    g = torch.Generator().manual_seed(6)
+    batch, c, h, w, k, n = 2, 24, 7, 5, 16, 40
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    total = batch * ho * wo
+    active = total if active == 'all' else active
+    x = torch.randn(batch, c, h, w, generator=g).to(DEVICE, dtype).contiguous(
+        memory_format=torch.channels_last)
+    w_ds = (torch.randn(n, c, 1, 1, generator=g) / math.sqrt(c)).to(DEVICE, dtype)
+    a = torch.randn(total, k, generator=g).to(DEVICE, dtype)
+    w3 = (torch.randn(k, n, generator=g) / math.sqrt(k)).to(DEVICE, dtype)
+    bias, ds_bias = (torch.randn(n, generator=g).to(DEVICE, dtype) for _ in range(2))
+    rows = torch.randperm(total, generator=g).to(DEVICE, torch.int32)
+    count = torch.tensor([active], dtype=torch.int32, device=DEVICE)
+    out = torch.full((batch, n, ho, wo), float('nan'), device=DEVICE, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    ds = Downsample(x, w_ds.reshape(n, c).t(), stride)
+    rows_gemm(a, w3, bias, out, rows, count, total, gather_a=False, scatter_out=True,
+              res_bias=ds_bias, relu_rest=True, downsample=ds)
+    residual = F.conv2d(x.double(), w_ds.double(), ds_bias.double(), stride=stride)
+    residual = residual.permute(0, 2, 3, 1).reshape(total, n)
+    out_rows = out.permute(0, 2, 3, 1).reshape(total, n)
+    on, off = rows[:active].long(), rows[active:].long()
+    assert not out.isnan().any()
+    if active:
+        want = (a[:active].double() @ w3.double() + bias.double() + residual[on]).relu()
+        assert _rel_err(out_rows[on], want) < _tol(dtype, True)
+    if active < total:
+        assert _rel_err(out_rows[off], residual[off].relu()) < _tol(dtype, True)
+    with pytest.raises(ValueError, match='res or downsample, not both'):
+        rows_gemm(a, w3, bias, out, rows, count, total, False, True, res=out_rows,
+                  downsample=ds)
+    with pytest.raises(ValueError, match=r'downsample: a \(24, 40\) weight'):
+        rows_gemm(a, w3, bias, out, rows, count, total, False, True, relu_rest=True,
+                  downsample=ds._replace(stride=3 - stride))
 
 
 @pytest.mark.parametrize('stride,s', [(1, 1), (1, 3), (2, 2)])

@@ -11,10 +11,13 @@ matches the dense one to 1e-4), else TF32 as cuDNN's convs do under ``allow_tf32
 * ``rows_gemm_kernel``: ``out[dst] = relu(A[src] @ W + bias (+ res[dst] + res_bias))``: conv1
   (gather the needed input rows, scatter into the conv1 map) and conv3 (read the compact conv2
   rows, scatter into the output, fused with the residual add and the ReLU; ``res_bias`` is the
-  downsample conv's folded BN, added here instead of in a pass over its output). With
-  ``RELU_REST`` (conv3) the row list holds every output row, the active ones first, and the
-  programs past the active rows' tiles write ``relu(res + res_bias)`` at the others: the
-  block's output in one launch.
+  downsample conv's folded BN). A downsample block's 1x1 downsample conv can run in the same
+  launch (``downsample``; where, ``ops.triton_fuses_downsample`` decides): its K loop over the
+  block input's pixels (gathered at the conv's stride) adds into conv3's accumulator, so its
+  output never goes through DRAM and its launch is saved. With ``RELU_REST``
+  (conv3) the row list holds every output row, the active ones first, and the programs past
+  the active rows' tiles write ``relu(res + res_bias)`` (or ``relu(downsample + res_bias)``)
+  at the others: the block's output in one launch.
 * ``conv3x3_rows_kernel``: conv2 for the active output rows, one K loop over the nine taps x
   the input channels (a single loop, so loads are software-pipelined across taps too); each
   tap is gathered from the conv1 map (zero outside the image, exactly the dense zero padding),
@@ -29,12 +32,13 @@ where few and many rows want different tiles, the table switches at one row coun
 with the largest list the input's shape allows. So a layer compiles at most two variants per
 dtype, and a new image size never tunes anything: spatial sizes are runtime arguments that
 Triton does not specialise on (``do_not_specialize``), and the row-list pointers are not
-specialised on alignment (lists may be slices of one buffer). Under TRITON_INTERPRET=1 a single small tile
-is used. ``LASNET_TRITON_TILES=FILE`` (the JSON that ``tools/benchmark_kernels.py --tune
---json FILE`` writes on your GPU) overrides the table for the dtype it was tuned in (fp32, or
-fp16/bf16), e.g. on a GPU the table was not measured on.
+specialised on alignment (lists may be slices of one buffer). Under TRITON_INTERPRET=1 a
+single small tile is used. ``LASNET_TRITON_TILES=FILE`` (the JSON that
+``tools/benchmark_kernels.py --tune --json FILE`` writes on your GPU) overrides the table for
+the dtype it was tuned in (fp32, or fp16/bf16), e.g. on a GPU the table was not measured on.
 """
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -45,6 +49,15 @@ from ..tiles import HOPPER_16BIT, HOPPER_32BIT, Tile, Tiles, table_tile  # noqa:
 from .pdl import grid_dependency, use_pdl
 
 _INTERPRETER = Tile(16, 32, 32, 1, 1)
+
+
+class Downsample(NamedTuple):
+    """A block's 1x1 downsample conv for ``rows_gemm`` to run in its launch: ``x`` the
+    channels-last ``(B, C, H, W)`` block input, ``weight`` ``(C, N)`` (any strides), ``stride``
+    the conv's; its folded BN's bias goes in as ``rows_gemm``'s ``res_bias``."""
+    x: torch.Tensor
+    weight: torch.Tensor
+    stride: int
 
 
 def _interpreting():
@@ -90,6 +103,28 @@ def _relu_rows(res_ptr, res_bias, out_ptr, rows_ptr, start, stop, offs_n, n_ok, 
 
 
 @triton.jit
+def _downsample_product(acc, x_ptr, w_ptr, out_rows, m_ok, offs_n, n_ok, K, stride_wk,
+                        stride_wn, H, W, Ho, Wo, STRIDE: tl.constexpr, IEEE: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
+    """``acc + x[pixel of each output row] @ w``: the 1x1 downsample conv at stride STRIDE for
+    the (int64) output rows ``out_rows`` of a ``(B, Ho, Wo)`` map, gathered from the
+    channels-last ``(B, H, W, K)`` block input."""
+    b = out_rows // (Ho * Wo)
+    oy = (out_rows // Wo) % Ho
+    ox = out_rows % Wo
+    src = (b * H + oy * STRIDE) * W + ox * STRIDE
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        a = tl.load(x_ptr + src[:, None] * K + offs_k[None, :],
+                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        wb = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _dot(a, wb, acc, IEEE)
+    return acc
+
+
+@triton.jit
 def _tile_of_program(pid, N, BLOCK_N: tl.constexpr):
     """(M tile, N tile) of a program, N tiles fastest: the programs that run side by side
     read the same A rows, so each row comes from DRAM once (at batch 8 an M-first order
@@ -99,12 +134,14 @@ def _tile_of_program(pid, N, BLOCK_N: tl.constexpr):
     return pid // n_tiles, pid % n_tiles
 
 
-@triton.jit(do_not_specialize=['total_rows'],
+@triton.jit(do_not_specialize=['total_rows', 'H', 'W', 'Ho', 'Wo'],
             do_not_specialize_on_alignment=['rows_ptr', 'count_ptr'])
 def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, rows_ptr,
-                     count_ptr, N, K, stride_wk, stride_wn, total_rows, GATHER_A: tl.constexpr,
+                     count_ptr, ds_x_ptr, ds_w_ptr, N, K, stride_wk, stride_wn, K_DS,
+                     stride_dk, stride_dn, H, W, Ho, Wo, total_rows, GATHER_A: tl.constexpr,
                      SCATTER_OUT: tl.constexpr, HAS_RES: tl.constexpr,
-                     HAS_RES_BIAS: tl.constexpr, RELU_REST: tl.constexpr, IEEE: tl.constexpr,
+                     HAS_RES_BIAS: tl.constexpr, RELU_REST: tl.constexpr,
+                     HAS_DS: tl.constexpr, DS_STRIDE: tl.constexpr, IEEE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      PDL: tl.constexpr):
     pid_m, pid_n = _tile_of_program(tl.program_id(0), N, BLOCK_N)
@@ -121,8 +158,24 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, row
         if RELU_REST:
             start = count + (pid_m - gemm_tiles) * BLOCK_M
             if start < total_rows:
-                _relu_rows(res_ptr, res_bias, out_ptr, rows_ptr, start,
-                           tl.minimum(start + BLOCK_M, total_rows), offs_n, n_ok, N, BLOCK_M)
+                stop = tl.minimum(start + BLOCK_M, total_rows)
+                if HAS_DS:
+                    # relu(downsample + res_bias): the downsample conv's GEMM on these rows.
+                    offs = start + tl.arange(0, BLOCK_M)
+                    ok = offs < stop
+                    rows = tl.load(rows_ptr + offs, mask=ok, other=0).to(tl.int64)
+                    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                    acc = _downsample_product(acc, ds_x_ptr, ds_w_ptr, rows, ok, offs_n, n_ok,
+                                              K_DS, stride_dk, stride_dn, H, W, Ho, Wo,
+                                              DS_STRIDE, IEEE, BLOCK_K)
+                    if HAS_RES_BIAS:
+                        acc += res_bias[None, :]
+                    acc = tl.maximum(acc, 0.0)
+                    tl.store(out_ptr + rows[:, None] * N + offs_n[None, :],
+                             acc.to(out_ptr.dtype.element_ty), mask=ok[:, None] & n_ok[None, :])
+                else:
+                    _relu_rows(res_ptr, res_bias, out_ptr, rows_ptr, start, stop, offs_n, n_ok,
+                               N, BLOCK_M)
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < count
@@ -139,6 +192,9 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, row
         b = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, IEEE)
+    if HAS_DS:
+        acc = _downsample_product(acc, ds_x_ptr, ds_w_ptr, dst, m_ok, offs_n, n_ok, K_DS,
+                                  stride_dk, stride_dn, H, W, Ho, Wo, DS_STRIDE, IEEE, BLOCK_K)
 
     acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_offs = dst[:, None] * N + offs_n[None, :]
@@ -225,7 +281,7 @@ def _ieee(dtype, ieee):
 
 
 def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res=None,
-              res_bias=None, relu_rest=False, ieee=None, tile=None):
+              res_bias=None, relu_rest=False, ieee=None, tile=None, downsample=None):
     """``out[dst] = relu(a[src] @ w + bias (+ res[dst] + res_bias))`` for the first ``count``
     list rows.
 
@@ -238,26 +294,46 @@ def rows_gemm(a, w, bias, out, rows, count, max_rows, gather_a, scatter_out, res
         rows (Tensor): int32 row list; ``count``: a one-element int32 device tensor, its length.
         max_rows (int): The largest ``count`` can be (sizes the grid, never a compile key).
         res (Tensor | None): Added before the ReLU, read at the output rows (not ``out``).
-        res_bias (Tensor | None): ``(N, )``, added with ``res`` (needs ``res``).
+        res_bias (Tensor | None): ``(N, )``, added with ``res`` or ``downsample``.
         relu_rest (bool): ``rows`` holds ``max_rows`` rows (the whole output); the rows past
-            ``count`` get ``out = relu(res + res_bias)`` in the same launch (needs ``res``).
+            ``count`` get ``out = relu(res + res_bias)`` (or ``relu(downsample + res_bias)``)
+            in the same launch (needs ``res`` or ``downsample``).
         ieee (bool | None): fp32 only: IEEE products (True, the default) or TF32 (False).
         tile (Tile | None): Override of ``tile_config`` (benchmarks, tuning).
+        downsample (Downsample | None): Instead of ``res``: the residual is this 1x1 conv of
+            the block input, computed in the launch at the output rows (``scatter_out``; ``out``
+            then has the conv's ``(B, Ho, Wo)`` rows). Its tile is conv3's.
     """
-    if res is None and (relu_rest or res_bias is not None):
-        raise ValueError('relu_rest and res_bias need res')
+    if res is not None and downsample is not None:
+        raise ValueError('give res or downsample, not both')
+    if res is None and downsample is None and (relu_rest or res_bias is not None):
+        raise ValueError('relu_rest and res_bias need res or downsample')
     k, n = w.shape
     t = tile or tile_config('gemm', n, k, a.dtype, a.device, max_rows)
+    ds_args, ds_stride = (a, w, 0, 0, 0, 1, 1, 1, 1), 1  # not read without a downsample
+    if downsample is not None:
+        x, w_ds, ds_stride = downsample
+        batch, c, height, width = x.shape
+        out_h, out_w = (height - 1) // ds_stride + 1, (width - 1) // ds_stride + 1
+        if not scatter_out or tuple(w_ds.shape) != (c, n) or batch * out_h * out_w != max_rows:
+            raise ValueError(f'downsample: a ({c}, {n}) weight and {max_rows} scattered output '
+                             f'rows needed, got {tuple(w_ds.shape)}, x {tuple(x.shape)} at '
+                             f'stride {ds_stride}, scatter_out={scatter_out}')
+        ds_args = (x.contiguous(memory_format=torch.channels_last), w_ds, c, *w_ds.stride(),
+                   height, width, out_h, out_w)
     # With relu_rest the two parts of the list each end in a partial tile: one tile more.
     m_tiles = triton.cdiv(max_rows, t.block_m) + int(relu_rest)
     grid = (m_tiles * triton.cdiv(n, t.block_n), )
     pdl = use_pdl(a.device)
+    ds_x, ds_w, k_ds, *ds_rest = ds_args
     rows_gemm_kernel[grid](
         a, w, bias, out if res is None else res, bias if res_bias is None else res_bias, out,
-        rows, count, n, k, *w.stride(), max_rows, GATHER_A=gather_a, SCATTER_OUT=scatter_out,
-        HAS_RES=res is not None, HAS_RES_BIAS=res_bias is not None, RELU_REST=relu_rest,
-        IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl)
+        rows, count, ds_x, ds_w, n, k, *w.stride(), k_ds, *ds_rest, max_rows,
+        GATHER_A=gather_a, SCATTER_OUT=scatter_out, HAS_RES=res is not None,
+        HAS_RES_BIAS=res_bias is not None, RELU_REST=relu_rest, HAS_DS=downsample is not None,
+        DS_STRIDE=ds_stride, IEEE=_ieee(a.dtype, ieee), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages,
+        launch_pdl=pdl)
 
 
 def conv3x3_rows(x, w, bias, out, rows, count, max_rows, in_hw, out_hw, stride, ieee=None,

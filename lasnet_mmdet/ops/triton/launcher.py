@@ -15,20 +15,23 @@ launch, which reads the input once for all three:
 Then, either way:
 
     conv3x3_rows        gather the 9 taps of active rows from the conv1 map -> compact rows
-    residual            identity, or the downsample conv (cuDNN, no bias: its folded BN is
-                        added by conv3's launch, a pass over the residual fewer)
     rows_gemm (conv3)   compact rows GEMM + bias + residual, ReLU -> scattered output rows;
                         the same launch writes ReLU(residual) at the inactive rows (or, for
-                        an identity block allowed to, the output is x updated in place)
+                        an identity block allowed to, the output is x updated in place). The
+                        residual: x, or the downsample 1x1 conv, computed in this launch
+                        (its K loop over x's strided pixels added to conv3's products, its
+                        folded BN's bias in the epilogue) where ``triton_fuses_downsample``
+                        says so, else cuDNN's conv before it (its bias added here)
 """
 import torch
 import torch.nn.functional as F
 
+from .. import triton_fuses_downsample
 from ..counters import zeroed_counters
 from ..geometry import coarse_shape, conv_out
 from .compact import compact_rows
 from .conv1_masker import conv1_masker
-from .gemm import conv3x3_rows, rows_gemm
+from .gemm import Downsample, conv3x3_rows, rows_gemm
 
 
 def triton_forward(x, coarse, weights, granularity, stride, ieee=False, in_place=False):
@@ -93,9 +96,20 @@ def _conv2_conv3(x, mid, active, count, f, w2, w3, stride, ieee, in_place):
         rows_gemm(y2, w3, f.b3, x, active, count, out_rows, gather_a=False,
                   scatter_out=True, res=x, ieee=ieee)
         return x
+    ds_out, ds_in = (0, 0) if f.ds_weight is None else f.ds_weight.shape[:2]
+    if f.ds_weight is not None and triton_fuses_downsample(out_rows, ds_in, ds_out):
+        # The downsample conv in conv3's launch: its (K x N view of the N x K) weight's K
+        # loop adds into conv3's products, its output never written.
+        out = torch.empty((batch, ds_out, out_h, out_w), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last)
+        ds = Downsample(x, f.ds_weight.reshape(ds_out, ds_in).t(), f.ds_stride)
+        rows_gemm(y2, w3, f.b3, out, active, count, out_rows, gather_a=False,
+                  scatter_out=True, res_bias=f.ds_bias, relu_rest=True, ieee=ieee,
+                  downsample=ds)
+        return out
     if f.ds_weight is None:
         res = x
-    else:
+    else:  # cuDNN's conv, no bias: its folded BN's is added in conv3's epilogue
         res = F.conv2d(x, f.ds_weight, None, f.ds_stride).contiguous(
             memory_format=torch.channels_last)
     out = torch.empty_like(res, memory_format=torch.channels_last)
