@@ -30,7 +30,7 @@ import triton.language as tl
 
 from .. import FUSED_MASKER_WINDOWS
 from .compact import _append, _append_back
-from .gemm import _dot, _ieee, tile_config
+from .gemm import _ieee, _rows_product, tile_config
 from .pdl import grid_dependency, use_pdl
 
 MASKER_COLUMNS = 16  # the masker's 2 logits padded to the smallest MMA width
@@ -67,14 +67,8 @@ def conv1_masker_kernel(x_ptr, w_ptr, bias_ptr, mid_ptr, mw_ptr, mb_ptr, pin_ptr
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, C, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < C
-            a = tl.load(x_ptr + rows[:, None] * C + offs_k[None, :],
-                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            wb = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
-                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = _dot(a, wb, acc, IEEE)
+        acc = _rows_product(acc, x_ptr, rows, m_ok, w_ptr, offs_n, n_ok, C, stride_wk,
+                            stride_wn, IEEE, BLOCK_K)
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         acc = tl.maximum(acc, 0.0)
         tl.store(mid_ptr + rows[:, None] * N + offs_n[None, :],
@@ -87,14 +81,8 @@ def conv1_masker_kernel(x_ptr, w_ptr, bias_ptr, mid_ptr, mw_ptr, mb_ptr, pin_ptr
         if DECIDE:
             cols = tl.arange(0, 16)
             pixel_logits = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
-            for k0 in range(0, C, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                k_ok = offs_k < C
-                a = tl.load(x_ptr + rows[:, None] * C + offs_k[None, :],
-                            mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                wm = tl.load(mw_ptr + offs_k[:, None] * 16 + cols[None, :], mask=k_ok[:, None],
-                             other=0.0)
-                pixel_logits = _dot(a, wm, pixel_logits, MASKER_IEEE)
+            pixel_logits = _rows_product(pixel_logits, x_ptr, rows, m_ok, mw_ptr, cols,
+                                         cols < 16, C, 16, 1, MASKER_IEEE, BLOCK_K)
             per_cell = tl.sum(tl.reshape(pixel_logits, (CELLS, PIX, 16)), axis=1)
             logit0 = tl.sum(tl.where(cols[None, :] == 0, per_cell, 0.0), axis=1)
             logit1 = tl.sum(tl.where(cols[None, :] == 1, per_cell, 0.0), axis=1)

@@ -103,6 +103,23 @@ def _relu_rows(res_ptr, res_bias, out_ptr, rows_ptr, start, stop, offs_n, n_ok, 
 
 
 @triton.jit
+def _rows_product(acc, a_ptr, src, m_ok, w_ptr, offs_n, n_ok, K, stride_wk, stride_wn,
+                  IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``acc + A[src] @ W[:, offs_n]``: the K loop of a 1x1 conv over the A rows ``src``
+    (pixels of K contiguous channels, gathered by row index) and a K x N weight of any
+    strides."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        a = tl.load(a_ptr + src[:, None] * K + offs_k[None, :],
+                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        wb = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _dot(a, wb, acc, IEEE)
+    return acc
+
+
+@triton.jit
 def _downsample_product(acc, x_ptr, w_ptr, out_rows, m_ok, offs_n, n_ok, K, stride_wk,
                         stride_wn, H, W, Ho, Wo, STRIDE: tl.constexpr, IEEE: tl.constexpr,
                         BLOCK_K: tl.constexpr):
@@ -113,15 +130,8 @@ def _downsample_product(acc, x_ptr, w_ptr, out_rows, m_ok, offs_n, n_ok, K, stri
     oy = (out_rows // Wo) % Ho
     ox = out_rows % Wo
     src = (b * H + oy * STRIDE) * W + ox * STRIDE
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        a = tl.load(x_ptr + src[:, None] * K + offs_k[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        wb = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
-                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _dot(a, wb, acc, IEEE)
-    return acc
+    return _rows_product(acc, x_ptr, src, m_ok, w_ptr, offs_n, n_ok, K, stride_wk, stride_wn,
+                         IEEE, BLOCK_K)
 
 
 @triton.jit
@@ -184,14 +194,8 @@ def rows_gemm_kernel(a_ptr, w_ptr, bias_ptr, res_ptr, res_bias_ptr, out_ptr, row
     dst = rows if SCATTER_OUT else offs_m.to(tl.int64)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        a = tl.load(a_ptr + src[:, None] * K + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        b = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _dot(a, b, acc, IEEE)
+    acc = _rows_product(acc, a_ptr, src, m_ok, w_ptr, offs_n, n_ok, K, stride_wk, stride_wn,
+                        IEEE, BLOCK_K)
     if HAS_DS:
         acc = _downsample_product(acc, ds_x_ptr, ds_w_ptr, dst, m_ok, offs_n, n_ok, K_DS,
                                   stride_dk, stride_dn, H, W, Ho, Wo, DS_STRIDE, IEEE, BLOCK_K)
