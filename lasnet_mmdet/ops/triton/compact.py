@@ -50,9 +50,13 @@ def _flag_active(coarse_ptr, offs, total, Ho, Wo, h, w, S: tl.constexpr):
 
 @triton.jit
 def _append(list_ptr, count_ptr, offs, flag):
+    """Append ``offs[flag]`` to the list at ``count``: one relaxed atomic add reserves the
+    slots (no fence: only the next launches read the list and the count, after this one has
+    completed; the H100 backbone at batch 8 took 6.16 ms instead of 6.28 with the default
+    acq_rel adds)."""
     f = flag.to(tl.int32)
     slot = tl.cumsum(f, 0) - 1
-    base = tl.atomic_add(count_ptr, tl.sum(f, 0))
+    base = tl.atomic_add(count_ptr, tl.sum(f, 0), sem='relaxed')
     tl.store(list_ptr + base + slot, offs, mask=flag)
 
 
@@ -61,7 +65,7 @@ def _append_back(list_ptr, count_ptr, offs, flag, length):
     """Like ``_append``, filling ``list[length - 1], list[length - 2], ...``."""
     f = flag.to(tl.int32)
     slot = tl.cumsum(f, 0) - 1
-    base = tl.atomic_add(count_ptr, tl.sum(f, 0))
+    base = tl.atomic_add(count_ptr, tl.sum(f, 0), sem='relaxed')
     tl.store(list_ptr + (length - 1 - base - slot), offs, mask=flag)
 
 
