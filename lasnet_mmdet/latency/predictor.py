@@ -505,8 +505,9 @@ def _row_kernels(shape, granularity, rate, schedule, dtype, exact):
                      _eltwise('add_relu', dense_out, b, passes=3)]
     if schedule.masker_in_conv1 and shape.stride * granularity in FUSED_MASKER_WINDOWS:
         # One launch: conv1 on every pixel (rows addressed directly) and one more program per
-        # M tile on the same rows, which decides (with the masker: two logits padded to 16
-        # columns) and appends the row list (4 bytes a row).
+        # M tile on the same rows (or, where conv1 is one N tile, that program itself), which
+        # decides (with the masker: two logits padded to 16 columns) and appends the row
+        # list (4 bytes a row).
         # Its M tiles hold whole cells, consecutive over the batch (FUSED_TILE_ROWS rows
         # taken for the tile height): only the last tile is padded. The masker programs append
         # the row list after their K loop: a serial tail of about one launch's fixed cost

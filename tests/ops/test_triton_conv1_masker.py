@@ -185,3 +185,48 @@ def test_kernel_benchmark_times_conv1_as_the_backbone_runs_it():
     unfused = Layer(lays[(1, 'conv1')], 1, 0.5, (7, 4, 2, 1), torch.float32, 'kn',
                     device=DEVICE)
     assert not unfused.fused and unfused.rows_done < 16 * 16
+
+
+@pytest.mark.parametrize('decide,pinned', [(True, False), (True, True), (False, True)])
+@pytest.mark.parametrize('window,s', [(2, 2), (4, 2), (1, 1)])
+def test_one_conv1_program_deciding_equals_a_masker_program(window, s, decide, pinned):
+    """conv1 of one N tile per M tile decides in that program (``MERGED``); with two N tiles
+    one more program per M tile does. Both give the same decisions and row lists, and the
+    same conv1 map (the same K loop per output either way)."""
+    from lasnet_mmdet.ops.triton.conv1_masker import conv1_masker
+    from lasnet_mmdet.ops.triton.gemm import Tile
+    g = torch.Generator().manual_seed(0)
+    batch, c, n, h, w = 2, 64, 64, 11, 9
+    stride = window // s
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    ch, cw = -(-ho // s), -(-wo // s)
+    x = torch.randn(batch, c, h, w, generator=g).to(DEVICE).contiguous(
+        memory_format=torch.channels_last)
+    w1 = (torch.randn(c, n, generator=g) / 8).to(DEVICE)
+    b1, mb = torch.randn(n, generator=g).to(DEVICE), torch.zeros(2, device=DEVICE)
+    mw = torch.zeros(c, 16, device=DEVICE)
+    mw[:, :2] = torch.randn(c, 2, generator=g).to(DEVICE)
+    pin = ((torch.rand(batch, 1, ch, cw, generator=g) < 0.5).float().to(DEVICE)
+           if pinned else None)
+    results = []
+    for block_n in (64, 32):  # one N tile (merged), two (a masker program)
+        tile = Tile(16, block_n, 32, 1, 1) if not CUDA else Tile(64, block_n, 32, 4, 2)
+        mid = torch.full((batch * h * w, n), float('nan'), device=DEVICE)
+        coarse = torch.empty(batch, 1, ch, cw, device=DEVICE)
+        active = torch.full((batch * ho * wo, ), -1, dtype=torch.int32, device=DEVICE)
+        counts = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+        conv1_masker(x, w1, b1, mid, mw, mb, coarse, active, counts, window, s, (ho, wo),
+                     pin=pin, decide=decide, ieee=True, tile=tile)
+        n_act = int(counts[0])
+        results.append((mid, coarse, counts.tolist(), set(active[:n_act].tolist()),
+                        set(active[n_act:].tolist())))
+    (mid_a, coarse_a, *lists_a), (mid_b, coarse_b, *lists_b) = results
+    assert not mid_a.isnan().any() and torch.allclose(mid_a, mid_b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(coarse_a, coarse_b) and 0 < coarse_a.mean() < 1
+    assert lists_a == lists_b and sum(lists_a[0]) == batch * ho * wo
+    if not pinned:  # the decisions are the masker's
+        pooled = torch.nn.functional.avg_pool2d(x.float(), window, ceil_mode=True)
+        logits = torch.einsum('bchw,ck->bkhw', pooled, mw[:, :2].float())
+        margin = logits[:, :1] - logits[:, 1:]
+        clear = margin.abs() > 1e-4  # (near-ties may go either way: other sum orders)
+        assert torch.equal(coarse_a[clear], (margin >= 0).float()[clear])
