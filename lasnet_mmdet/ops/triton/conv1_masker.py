@@ -35,7 +35,7 @@ import triton.language as tl
 
 from .. import FUSED_MASKER_WINDOWS
 from .compact import _append, _append_back
-from .gemm import _dot, _ieee, _rows_product, tile_config
+from .gemm import _dot, _ieee, _rows_product, _rows_step, _weight_tile, tile_config
 from .pdl import grid_dependency, use_pdl
 
 MASKER_COLUMNS = 16  # the masker's 2 logits padded to the smallest MMA width
@@ -109,16 +109,10 @@ def _rows_product_and_logits(acc, logits, a_ptr, src, m_ok, w_ptr, offs_n, n_ok,
     (``mw``: ``(K, 16)``, contiguous) into ``logits``."""
     cols = tl.arange(0, 16)
     for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        a = tl.load(a_ptr + src[:, None] * K + offs_k[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        wb = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
-                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _dot(a, wb, acc, IEEE)
-        wm = tl.load(mw_ptr + offs_k[:, None] * 16 + cols[None, :], mask=k_ok[:, None],
-                     other=0.0)
-        logits = _dot(a, wm, logits, MASKER_IEEE)
+        acc, a, offs_k, k_ok = _rows_step(acc, a_ptr, src, m_ok, w_ptr, offs_n, n_ok, K,
+                                          stride_wk, stride_wn, k0, IEEE, BLOCK_K)
+        logits = _dot(a, _weight_tile(mw_ptr, offs_k, k_ok, cols, cols < 16, 16, 1), logits,
+                      MASKER_IEEE)
     return acc, logits
 
 

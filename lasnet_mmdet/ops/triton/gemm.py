@@ -103,20 +103,42 @@ def _relu_rows(res_ptr, res_bias, out_ptr, rows_ptr, start, stop, offs_n, n_ok, 
 
 
 @triton.jit
+def _row_tile(a_ptr, src, m_ok, offs_k, k_ok, K):
+    """Channels ``offs_k`` of the A rows ``src`` (pixels of K contiguous channels)."""
+    return tl.load(a_ptr + src[:, None] * K + offs_k[None, :],
+                   mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _weight_tile(w_ptr, offs_k, k_ok, offs_n, n_ok, stride_wk, stride_wn):
+    """Rows ``offs_k``, columns ``offs_n`` of a K x N weight of any strides."""
+    return tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                   mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _rows_product(acc, a_ptr, src, m_ok, w_ptr, offs_n, n_ok, K, stride_wk, stride_wn,
                   IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
     """``acc + A[src] @ W[:, offs_n]``: the K loop of a 1x1 conv over the A rows ``src``
     (pixels of K contiguous channels, gathered by row index) and a K x N weight of any
     strides."""
     for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        a = tl.load(a_ptr + src[:, None] * K + offs_k[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        wb = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
-                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _dot(a, wb, acc, IEEE)
+        acc, _, _, _ = _rows_step(acc, a_ptr, src, m_ok, w_ptr, offs_n, n_ok, K, stride_wk,
+                                  stride_wn, k0, IEEE, BLOCK_K)
     return acc
+
+
+@triton.jit
+def _rows_step(acc, a_ptr, src, m_ok, w_ptr, offs_n, n_ok, K, stride_wk, stride_wn, k0,
+               IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One step of ``_rows_product`` at K offset ``k0``: ``(acc, A tile, offs_k, k_ok)``
+    (a caller may multiply the same A tile by another weight)."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_ok = offs_k < K
+    a = _row_tile(a_ptr, src, m_ok, offs_k, k_ok, K)
+    acc = _dot(a, _weight_tile(w_ptr, offs_k, k_ok, offs_n, n_ok, stride_wk, stride_wn), acc,
+               IEEE)
+    return acc, a, offs_k, k_ok
 
 
 @triton.jit
