@@ -13,7 +13,8 @@ CUDA-graph replays (``triton.testing.do_bench_cudagraph``: no launch gaps, as in
 backbone). conv1 runs as the backbone runs it: where the masker's window (stride x S) fits,
 the launch with the masker (``conv1_masker``: every pixel, the masker's decision and the row
 list; each replay re-zeroes its two row counters, one small memset more than in the backbone),
-else the gathered GEMM over the needed rows. TFLOP/s = 2 x MACs done / time: the sparse
+else the gathered GEMM over the needed rows; a fused conv1 is also timed as a plain row GEMM
+over every pixel with the same tile (``plain GEMM``: what the masker and the cell order add). TFLOP/s = 2 x MACs done / time: the sparse
 kernel's MACs are its rows x K x N, the dense conv's all pixels x K x N (conv3's launch also
 writes ReLU(residual) at the inactive rows, as in the backbone: its time includes that memory
 work). Per stage: the stage's blocks (3, 4, 23, 3) summed.
@@ -223,6 +224,22 @@ class Layer:
         return lambda: F.conv2d(self.dense_x, self.dense_w, self.b, self.dense_stride,
                                 self.dense_pad)
 
+    def plain(self, tile=None):
+        """conv1 of a fused layer as a plain row GEMM over every pixel in raster order, the
+        same tile, no masker: what the decision and the cell order add to the fused launch
+        (into ``plain_out``, laid out as the fused launch's conv1 map)."""
+        from lasnet_mmdet.ops.triton.gemm import rows_gemm
+        if not self.fused:
+            raise ValueError(f"{self.lay['name']}: plain() is for the fused conv1 layers")
+        rows = torch.arange(self.max_rows, dtype=torch.int32, device=self.x.device)
+        count = torch.tensor([self.max_rows], dtype=torch.int32, device=self.x.device)
+        x_rows = self.x.permute(0, 2, 3, 1).reshape(self.max_rows, -1)  # a view: channels-last
+        self.plain_out = torch.empty_like(self.out)
+        ieee = not torch.backends.cudnn.allow_tf32
+        return lambda: rows_gemm(x_rows, self.w, self.b, self.plain_out, rows, count,
+                                 self.max_rows, gather_a=False, scatter_out=False, tile=tile,
+                                 ieee=ieee)
+
 
 def bench(fn, rep):
     """Median ms of ``fn`` replayed back to back in a CUDA graph (as the graphed backbone runs
@@ -257,6 +274,8 @@ def run(args):
                        tile=list(tile), sparse_ms=t_sparse, dense_ms=t_dense,
                        sparse_tflops=2 * L.sparse_macs / t_sparse / 1e9,
                        dense_tflops=2 * L.dense_macs / t_dense / 1e9)
+            if L.fused:  # the fused launch against the same GEMM without the masker
+                row['plain_ms'] = bench(L.plain(), args.rep)
             if args.tune:
                 cands = {}
                 for cand in CANDIDATES + (SPLIT_CANDIDATES if lay['kernel'] == 'conv3x3'
@@ -283,6 +302,7 @@ def run(args):
                   f"{lay['N']:>5} rows {L.rows_done:>7}: sparse {t_sparse * 1e3:8.1f} us "
                   f"{row['sparse_tflops']:6.1f} TFLOP/s | cuDNN dense {t_dense * 1e3:8.1f} us "
                   f"{row['dense_tflops']:6.1f} TFLOP/s"
+                  + (f" | plain GEMM {row['plain_ms'] * 1e3:.1f} us" if L.fused else '')
                   + (f" | best {row['best_tile']} {row['best_ms'] * 1e3:.1f} us"
                      if args.tune else ''), flush=True)
             del L

@@ -171,7 +171,8 @@ def test_realistic_shape_and_graph_capture():
 
 def test_kernel_benchmark_times_conv1_as_the_backbone_runs_it():
     """``tools/benchmark_kernels.py`` times conv1 through the fused launch where the window
-    fits (every pixel, a fresh row list each replay) and the gathered GEMM where not."""
+    fits (every pixel, a fresh row list each replay; beside it the plain GEMM over the same
+    pixels) and the gathered GEMM where not."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'tools'))
     from benchmark_kernels import Layer, layers
     lays = {(lay['stage'], lay['name']): lay for lay in layers(64, 64)}
@@ -182,9 +183,13 @@ def test_kernel_benchmark_times_conv1_as_the_backbone_runs_it():
         assert bench.counts[1:].sum().item() == 16 * 16
     x_rows = bench.x.permute(0, 2, 3, 1).reshape(-1, bench.x.shape[1])
     assert_close_to_scale(bench.out, (x_rows @ bench.w + bench.b).relu(), 1e-4)
+    bench.plain()()  # the same conv1 as a plain GEMM over every pixel: the same map
+    assert_close_to_scale(bench.plain_out, bench.out, 1e-5)
     unfused = Layer(lays[(1, 'conv1')], 1, 0.5, (7, 4, 2, 1), torch.float32, 'kn',
                     device=DEVICE)
     assert not unfused.fused and unfused.rows_done < 16 * 16
+    with pytest.raises(ValueError, match='plain'):
+        unfused.plain()
 
 
 @pytest.mark.parametrize('decide,pinned', [(True, False), (True, True), (False, True)])
