@@ -14,10 +14,11 @@ backbone). conv1 runs as the backbone runs it: where the masker's window (stride
 the launch with the masker (``conv1_masker``: every pixel, the masker's decision and the row
 list; each replay re-zeroes its two row counters, one small memset more than in the backbone),
 else the gathered GEMM over the needed rows; a fused conv1 is also timed as a plain row GEMM
-over every pixel with the same tile (``plain GEMM``: what the masker and the cell order add). TFLOP/s = 2 x MACs done / time: the sparse
-kernel's MACs are its rows x K x N, the dense conv's all pixels x K x N (conv3's launch also
-writes ReLU(residual) at the inactive rows, as in the backbone: its time includes that memory
-work). Per stage: the stage's blocks (3, 4, 23, 3) summed.
+over every pixel with the same tile (``plain GEMM``: what the masker and the cell order add).
+TFLOP/s = 2 x MACs done / time: the sparse kernel's MACs are its rows x K x N, the dense
+conv's all pixels x K x N (conv3's launch also writes ReLU(residual) at the inactive rows, as
+in the backbone: its time includes that memory work). Per stage: the stage's blocks (3, 4,
+23, 3) summed.
 
 ``--tune`` also times every candidate tile (``CANDIDATES``, and for conv3x3 the split-K tiles
 ``SPLIT_CANDIDATES``) on every layer and every batch,
