@@ -212,6 +212,7 @@ def main(argv=None):
     metrics = runner.test()
     if args.las_results is not None:
         save_results(args.las_results, args, metrics)
+    del runner  # its DDP model holds the process group: freed by teardown_env's collection
     teardown_env()
 
 

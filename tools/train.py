@@ -75,6 +75,7 @@ def main():
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    del runner  # its DDP model holds the process group: freed by teardown_env's collection
     lasnet_mmdet.teardown_env()  # close the process group (utils/setup_env.py says why)
 
 

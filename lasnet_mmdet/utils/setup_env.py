@@ -12,12 +12,16 @@ its own classes; the tools (``tools/train.py``, ``tools/test.py``) call ``setup_
 * ``setup_cpu_distributed``: mmengine DDP through torchrun on machines without CUDA (gloo),
   see ``cpu_distributed``.
 
-``teardown_env`` is what the tools call once their work succeeded: it destroys the default
-process group, which mmengine never does. Left to interpreter teardown, gloo's worker threads
-can abort the process after a run that succeeded ("terminate called without an active
-exception", SIGABRT; pytorch/pytorch#179291), which fails a torchrun job.
+``teardown_env`` is what the tools call once their work succeeded, after dropping their
+Runner: it frees what still holds the process group and destroys it, which mmengine never
+does. A DDP-wrapped model sits in reference cycles, so it outlives its Runner until the cyclic
+garbage collector runs, possibly only at interpreter teardown; gloo's worker threads then free
+work that holds tensors without an interpreter to free them in and abort a run that succeeded
+("terminate called without an active exception", SIGABRT; pytorch/pytorch#179291), which fails
+a torchrun job.
 """
 import builtins
+import gc
 import os.path as osp
 
 import numpy as np
@@ -77,9 +81,13 @@ def setup_env():
 
 
 def teardown_env():
-    """Destroy the default process group, if any (``torch.distributed``'s documented shutdown).
+    """Collect garbage, then destroy the default process group, if any (``torch.distributed``'s
+    documented shutdown). Call it with no reference left to the Runner or its model: the
+    collection frees a DDP model in reference cycles (and the group it holds) while Python is
+    fully alive.
 
     Only after success: a rank that failed must not wait in a collective shutdown for ranks
     that may never reach it."""
+    gc.collect()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
